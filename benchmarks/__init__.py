@@ -1,0 +1,1 @@
+"""canbench.benchmarks."""

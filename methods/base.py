@@ -1,0 +1,81 @@
+"""What CAN, SimCLR and MAE share: one encoder, optional head/decoder, per-sample masks and noise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from canbench.config import Config
+from canbench.methods.backbone import ViTEncoder, build_encoder, patchify, random_masking
+from canbench.methods.decoder import MAEDecoder
+from canbench.methods.heads import ProjectionHead
+from canbench.methods.rng import STREAM_MASK, STREAM_NOISE, STREAM_SIGMA, counter_normal, counter_uniform
+
+Batch = dict[str, torch.Tensor]
+
+
+class PretrainMethod(nn.Module):
+    """Base: builds the parts a method needs; subclasses implement ``forward(batch) -> losses``.
+
+    ``batch["views"]``: normalised views (V, N, 3, H, W); ``batch["seed"]``: per-sample seeds (N,)
+    from the data pipeline. Masks, sigma and noise are pure functions of (seed, view), so neither a
+    resume, the number of workers nor the number of ranks changes what the model sees.
+    """
+
+    num_views: int = 2
+
+    def __init__(self, cfg: Config, *, head: bool, decoder: bool, sigma_embedding: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.method
+        self.mask_ratio = float(m.mask_ratio)
+        self.encoder: ViTEncoder = build_encoder(cfg.model)
+        self.patch_size = self.encoder.patch_size
+        mo = cfg.model
+        self.head = ProjectionHead(self.encoder.embed_dim, mo.proj_hidden, mo.proj_out) if head else None
+        self.decoder = MAEDecoder(self.encoder.num_patches, self.encoder.embed_dim, self.patch_size,
+                                  dim=mo.decoder_dim, depth=mo.decoder_depth, num_heads=mo.decoder_heads,
+                                  num_prefix_tokens=self.encoder.num_prefix_tokens,
+                                  sigma_embedding=sigma_embedding) if decoder else None
+
+    # ---- shared stages ----------------------------------------------------------------------
+    @staticmethod
+    def view_seeds(seeds: torch.Tensor, num_views: int) -> torch.Tensor:
+        """(N,) per-sample seeds -> (V*N,) per-(view, sample) seeds, view-major like the views."""
+        v = torch.arange(num_views, device=seeds.device, dtype=torch.int64)[:, None]
+        return (seeds.to(torch.int64)[None, :] * 0x9E3779B1 + v * 0x7F4A7C15 + 1).reshape(-1) & ((1 << 62) - 1)
+
+    def masking(self, seeds: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """Per-sample masks: ids_keep (B, K) or None, mask (B, L) 1 = removed, ids_restore or None."""
+        length = self.encoder.num_patches
+        if self.mask_ratio == 0.0:
+            return None, torch.zeros(seeds.shape[0], length, device=seeds.device), None
+        noise = counter_uniform(seeds, (length,), STREAM_MASK)
+        return random_masking(noise, self.mask_ratio)
+
+    def add_noise(self, x: torch.Tensor, seeds: torch.Tensor, sigma_max: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x <- x + sigma * e, sigma ~ U[0, sigma_max] per image (paper Sec. 3.4); returns (x, sigma, sigma*e)."""
+        sigma = counter_uniform(seeds, (1,), STREAM_SIGMA, dtype=x.dtype).view(-1) * sigma_max
+        e = counter_normal(seeds, tuple(x.shape[1:]), STREAM_NOISE, dtype=x.dtype)
+        added = sigma.view(-1, 1, 1, 1) * e
+        return x + added, sigma, added
+
+    def encode(self, x: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+        """Visible tokens through the encoder: (B, prefix + K, D)."""
+        return self.encoder.forward_features(x, ids_keep)
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction target: clean pixels as patches, optionally per-patch normalised."""
+        from canbench.methods.losses import normalize_patches
+
+        t = patchify(x, self.patch_size)
+        return normalize_patches(t) if self.cfg.method.norm_pix_loss else t
+
+    @staticmethod
+    def combine(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """loss = sum of weight * term over terms with a non-zero weight; terms are returned detached."""
+        loss = sum(weights[k] * v for k, v in terms.items() if weights.get(k, 0.0) > 0)
+        out = {k: v.detach() for k, v in terms.items()}
+        out["loss"] = loss
+        return out

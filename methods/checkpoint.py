@@ -1,0 +1,101 @@
+"""Checkpoints: everything an exact resume needs, written atomically, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from canbench.config import Config, config_from_dict
+from canbench.fingerprint import code_version
+from canbench.io import torch_save_atomic
+
+CKPT_DIR = "checkpoints"
+LAST = "last.pt"
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as weights_only-loadable values."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CKPT_DIR / LAST
+
+
+def save(run_dir: str | Path, *, cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         scaler: torch.amp.GradScaler | None, step: int, total_steps: int, extra: dict | None = None,
+         keep: int = 1) -> Path:
+    """Write ``checkpoints/last.pt`` atomically (and keep ``keep - 1`` older step-numbered copies)."""
+    state = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scheduler": {"step": step, "total_steps": total_steps},  # the schedule is a pure function of step
+        "step": step,
+        "data": {"next_step": step},  # the data order is a pure function of (seed, step)
+        "rng": rng_state(),
+        "code_version": code_version(),
+        "extra": extra or {},
+    }
+    path = checkpoint_path(run_dir)
+    torch_save_atomic(state, path)
+    if keep > 1:
+        torch_save_atomic(state, path.parent / f"step_{step:09d}.pt")
+        olds = sorted(path.parent.glob("step_*.pt"))
+        for old in olds[: max(0, len(olds) - (keep - 1))]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file or a run folder's last checkpoint (weights_only=True)."""
+    p = Path(path)
+    if p.is_dir():
+        p = checkpoint_path(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with {CKPT_DIR}/{LAST} or a .pt file)")
+    return torch.load(p, map_location=map_location, weights_only=True)
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The pretrained encoder (and its config) from a run folder or checkpoint file."""
+    from canbench.methods.backbone import build_encoder
+
+    ckpt = load(path, map_location)
+    if "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a canbench checkpoint (keys {sorted(ckpt)[:8]}); "
+                         "for public MAE/timm weights use --format mae|timm")
+    cfg = config_from_dict(ckpt["config"])
+    enc = build_encoder(cfg.model)
+    sd = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    enc.load_state_dict(sd, strict=True)
+    return enc, cfg, ckpt

@@ -1,0 +1,29 @@
+"""SimCLR (paper's own "†" implementation): same encoder, augmentations and head as CAN."""
+
+from __future__ import annotations
+
+import torch
+
+from canbench.config import Config
+from canbench.methods.base import Batch, PretrainMethod
+from canbench.methods.losses import info_nce
+
+
+class SimCLR(PretrainMethod):
+    """Two views, mean-pooled encoder tokens -> projection head -> InfoNCE (tau 0.1).
+
+    ``method.mask_ratio`` (default 0) masks each view independently (paper Fig. 6).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg, head=True, decoder=False)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        views = batch["views"]
+        v, n = views.shape[:2]
+        if v != 2:
+            raise ValueError(f"SimCLR needs 2 views, got {v}")
+        x = views.reshape(v * n, *views.shape[2:])
+        ids_keep, _, _ = self.masking(self.view_seeds(batch["seed"], v))
+        u = self.head(self.encoder.forward_head(self.encode(x, ids_keep)))
+        return self.combine({"infonce": info_nce(u[:n], u[n:], self.cfg.method.temperature)}, {"infonce": 1.0})
