@@ -9,6 +9,7 @@ between two steps and its checkpoint is exact.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from canbench.config import Config, Derived, derived, validate
+from canbench.config import Config, ConfigError, Derived, derived, validate
 from canbench.fingerprint import protocol_fingerprint
-from canbench.io import append_jsonl, read_jsonl, write_json, write_yaml
+from canbench.io import append_jsonl, read_jsonl, write_json, write_text, write_yaml
 from canbench.methods import build_method, checkpoint, num_views
 from canbench.methods.distributed import DistInfo, all_reduce_mean, init_from_env
 from canbench.methods.schedule import warmup_cosine
@@ -170,13 +171,17 @@ class Trainer:
             from canbench.fingerprint import mismatches
 
             diff = mismatches(_flatten(saved), _flatten(self.cfg.to_dict()))
-            raise RuntimeError(f"--resume: the config differs from the checkpoint's at {path}: {diff}")
+            raise ConfigError(f"--resume: the config differs from the checkpoint's at {path}: {diff}")
         self.method.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt["scaler"] is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         self._rng_to_restore = ckpt["rng"]
+        if self.dist.is_main:  # drop metrics logged after the checkpoint: they will be logged again
+            metrics = self.run_dir / "metrics.jsonl"
+            rows = [r for r in read_jsonl(metrics) if r.get("step", 0) <= self.step]
+            write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         log.info("resumed from %s at step %d", path, self.step)
         return True
 

@@ -1,0 +1,349 @@
+"""Read a results root (run folders at any depth) into pandas DataFrames.
+
+A run folder is any folder holding ``config.yaml``. Partial runs are normal (a job may still be
+running, or have crashed mid-write): a missing or torn file is skipped with a logged warning and
+never stops the collection.
+
+- :func:`collect` — one row per (run, suite, metric cell) of ``eval/<suite>.json`` (plus the
+  pretraining summary's final losses as suite ``pretrain``).
+- :func:`collect_pretrain` — one row per run with ``summary.json`` (costs and final losses).
+- :func:`loss_curves` — one row per logged step of ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from canbench.io import read_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+# Accuracies are percentages; these metric names are losses (lower is better).
+LOSS_METRICS = ("loss", "infonce", "rec", "denoise", "contrastive_loss", "reconstruction_loss")
+
+# Run-level columns every DataFrame of this module starts with.
+RUN_COLUMNS = [
+    "run_dir", "run_id", "run_name", "state", "method", "arch", "seed", "benchmark", "scale", "grid_name", "preset",
+    "variant",
+    "pretrain_data", "epochs", "epoch_unit", "max_steps", "batch_size", "img_size", "patch_size",
+    "mask_ratio", "l_nce", "lam", "sigma_max", "noise_mode", "paper_arch", "paper_epochs", "grid",
+    "protocol",
+]
+EVAL_COLUMNS = RUN_COLUMNS + [
+    "suite", "metric", "dataset", "shots", "value", "cell_std", "fingerprint", "checkpoint_step",
+    "code_version",
+]
+PRETRAIN_COLUMNS = RUN_COLUMNS + [
+    "steps", "final_loss", "final_infonce", "final_rec", "final_denoise", "flops_forward",
+    "flops_train", "img_per_s", "gpu_hours", "device_hours", "peak_mem_bytes", "fingerprint",
+    "code_version",
+]
+CURVE_COLUMNS = ["run_dir", "run_id", "run_name", "method", "arch", "seed", "benchmark", "variant", "step", "epoch",
+                 "loss", "infonce", "rec", "denoise", "lr", "img_per_s"]
+
+# Names a dataset goes by -> the short names the paper tables use.
+DATASET_ALIASES = {
+    "imagenet": "in1k", "imagenet1k": "in1k", "imagenet-1k": "in1k", "imagenet_1k": "in1k", "in1k": "in1k",
+    "in-1k": "in1k", "ilsvrc2012": "in1k", "jft": "jft300m", "jft300m": "jft300m", "jft-300m": "jft300m",
+}
+
+
+def normalize_dataset(name: Any) -> Any:
+    """Map dataset spellings (``imagenet``, ``IN-1K``...) to the paper's short names; others unchanged."""
+    if not isinstance(name, str):
+        return name
+    return DATASET_ALIASES.get(name.strip().lower(), name)
+
+
+def find_runs(root: str | os.PathLike) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) that holds a ``config.yaml``, sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"results root {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"results root {root} is not a folder")
+    runs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # never descend into hidden folders, checkpoints or the eval folder of a run
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("eval", "checkpoints"))
+        if "config.yaml" in filenames:
+            runs.append(Path(dirpath))
+    return sorted(runs)
+
+
+def _read(path: Path, kind: str) -> Any:
+    """Parse a JSON or YAML file; None (with a warning) when it is missing, torn or not a mapping."""
+    try:
+        if kind == "yaml":
+            with open(path) as f:
+                obj = yaml.safe_load(f)
+        else:
+            obj = read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
+        log.warning("skipping unreadable %s (%s: %s)", path, type(e).__name__, str(e).splitlines()[0])
+        return None
+    if not isinstance(obj, dict):
+        log.warning("skipping %s: expected a mapping, got %s", path, type(obj).__name__)
+        return None
+    return obj
+
+
+def _num(x: Any) -> float:
+    """A finite-or-NaN float from a JSON value (None and non-numbers become NaN)."""
+    if isinstance(x, bool) or x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _get(d: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _grid_values(cfg: dict) -> dict[str, Any]:
+    """The grid axes of a run: ``extra.axes`` (the paper's nominal values, written by the grid
+    launcher), else ``extra.grid`` given as a mapping or as a list of dotted config keys."""
+    extra = cfg.get("extra") or {}
+    if isinstance(extra.get("axes"), dict):
+        return {str(k): v for k, v in extra["axes"].items()}
+    grid = extra.get("grid")
+    if isinstance(grid, dict):
+        return {str(k): v for k, v in grid.items()}
+    if isinstance(grid, (list, tuple)):
+        return {str(k): _get(cfg, str(k)) for k in grid}
+    return {}
+
+
+PRESET_ARCH = (("vit_l", "vit_large"), ("vit_b", "vit_base"))  # preset alias prefix -> the paper's arch
+
+
+def _paper_arch(extra: dict, axes: dict) -> str | None:
+    """The architecture of the paper row a run stands for (``extra.paper_arch``, else its nominal axes)."""
+    if extra.get("paper_arch"):
+        return str(extra["paper_arch"])
+    if axes.get("model.arch"):
+        return str(axes["model.arch"])
+    preset = axes.get("preset")
+    if isinstance(preset, str):
+        for prefix, arch in PRESET_ARCH:
+            if preset.startswith(prefix):
+                return arch
+    return None
+
+
+def run_meta(run_dir: Path, cfg: dict, status: dict | None, summary: dict | None) -> dict[str, Any]:
+    """Run-level columns (identity, benchmark, grid axes) from a run's config, status and summary."""
+    extra = cfg.get("extra") or {}
+    axes = _grid_values(cfg)
+    method = _get(cfg, "method.name")
+    epochs = _get(cfg, "optim.epochs")
+    paper_epochs = extra.get("paper_epochs", axes.get("optim.epochs"))
+    return {
+        "run_dir": str(run_dir),
+        "run_id": (summary or {}).get("run_id") or extra.get("run_id") or extra.get("run_name") or run_dir.name,
+        "run_name": extra.get("run_name") or run_dir.name,
+        "state": (status or {}).get("state", "unknown"),
+        "method": method,
+        "arch": _get(cfg, "model.arch"),
+        "seed": _get(cfg, "train.seed"),
+        "benchmark": extra.get("benchmark"),
+        "scale": extra.get("scale"),
+        "grid_name": extra.get("grid") if isinstance(extra.get("grid"), str) else None,
+        "preset": extra.get("preset"),
+        "variant": extra.get("variant") or axes.get("variant"),
+        "pretrain_data": normalize_dataset(extra.get("pretrain_data") or _get(cfg, "data.dataset")),
+        "epochs": _num(epochs),
+        "epoch_unit": _get(cfg, "optim.epoch_unit", "dataset"),
+        "max_steps": _get(cfg, "optim.max_steps"),
+        "batch_size": _get(cfg, "optim.batch_size"),
+        "img_size": _get(cfg, "model.img_size"),
+        "patch_size": _get(cfg, "model.patch_size"),
+        "mask_ratio": _num(_get(cfg, "method.mask_ratio")),
+        "l_nce": _num(_get(cfg, "method.l_nce")),
+        "lam": _num(_get(cfg, "method.lam")),
+        "sigma_max": _num(_get(cfg, "method.sigma_max")),
+        "noise_mode": _get(cfg, "method.noise_mode"),
+        "paper_arch": _paper_arch(extra, axes),
+        "paper_epochs": paper_epochs,
+        "grid": axes,
+        "protocol": _pretrain_protocol(cfg),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """A plain JSON round-trip copy (tuples -> lists), so values compare equal after CSV storage."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _pretrain_protocol(cfg: dict) -> dict[str, Any]:
+    """Pretraining fields that decide comparability (``pretrain.*``): scale, data, model, method."""
+    extra = cfg.get("extra") or {}
+    fields = {
+        "pretrain.arch": _get(cfg, "model.arch"),
+        "pretrain.data": normalize_dataset(extra.get("pretrain_data") or _get(cfg, "data.dataset")),
+        "pretrain.epochs": _get(cfg, "optim.epochs"),
+        "pretrain.epoch_unit": _get(cfg, "optim.epoch_unit", "dataset"),
+        "pretrain.max_steps": _get(cfg, "optim.max_steps"),
+        "pretrain.batch_size": _get(cfg, "optim.batch_size"),
+        "pretrain.img_size": _get(cfg, "model.img_size"),
+        "pretrain.patch_size": _get(cfg, "model.patch_size"),
+        "pretrain.pool": _get(cfg, "model.pool"),
+        "pretrain.augment": _get(cfg, "data.augment"),
+        "pretrain.mask_ratio": _get(cfg, "method.mask_ratio"),
+        "pretrain.l_nce": _get(cfg, "method.l_nce"),
+        "pretrain.lam": _get(cfg, "method.lam"),
+        "pretrain.sigma_max": _get(cfg, "method.sigma_max"),
+        "pretrain.noise_mode": _get(cfg, "method.noise_mode"),
+        "pretrain.norm_pix_loss": _get(cfg, "method.norm_pix_loss"),
+    }
+    return _jsonable(fields)
+
+
+def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None, dict | None]]:
+    """(run_dir, config, status, summary) of every run with a readable config (others warned, skipped)."""
+    for run_dir in find_runs(root):
+        cfg = _read(run_dir / "config.yaml", "yaml")
+        if cfg is None:
+            log.warning("skipping run %s: config.yaml is missing or unreadable", run_dir)
+            continue
+        if not isinstance(cfg.get("method"), dict) or "name" not in cfg["method"]:
+            log.warning("skipping run %s: config.yaml has no method.name", run_dir)
+            continue
+        status = _read(run_dir / "status.json", "json")
+        summary = _read(run_dir / "summary.json", "json")
+        yield run_dir, cfg, status, summary
+
+
+def _metric_rows(metrics: dict) -> list[dict[str, Any]]:
+    """Flatten an eval ``metrics`` mapping into (metric, dataset, shots, value, cell_std) rows."""
+    rows = []
+    for key, val in metrics.items():
+        if key == "results" and isinstance(val, list):
+            for item in val:
+                if not isinstance(item, dict):
+                    continue
+                dataset = item.get("dataset", item.get("set"))
+                shots = item.get("shots")
+                if "mean" in item:
+                    rows.append({"metric": "top1", "dataset": dataset, "shots": shots,
+                                 "value": _num(item["mean"]), "cell_std": _num(item.get("std"))})
+                for mkey, mval in item.items():
+                    if mkey in ("dataset", "set", "shots", "mean", "std", "seeds"):
+                        continue
+                    if isinstance(mval, (int, float)) and not isinstance(mval, bool):
+                        rows.append({"metric": mkey, "dataset": dataset, "shots": shots,
+                                     "value": float(mval), "cell_std": math.nan})
+        elif isinstance(val, (int, float)) and not isinstance(val, bool):
+            rows.append({"metric": key, "dataset": None, "shots": None, "value": float(val),
+                         "cell_std": math.nan})
+    return rows
+
+
+def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFrame:
+    """One row per (run, suite, metric cell) under ``root``; see ``EVAL_COLUMNS`` for the columns.
+
+    ``include_pretrain`` adds the summary's final losses as suite ``pretrain`` (metrics ``loss``,
+    ``infonce``, ``rec``, ``denoise``) so one frame feeds tables, claims and checks.
+    """
+    rows: list[dict[str, Any]] = []
+    for run_dir, cfg, status, summary in iter_runs(root):
+        meta = run_meta(run_dir, cfg, status, summary)
+        eval_dir = run_dir / "eval"
+        for path in sorted(eval_dir.glob("*.json")) if eval_dir.is_dir() else []:
+            res = _read(path, "json")
+            if res is None:
+                continue
+            metrics = res.get("metrics")
+            if not isinstance(metrics, dict):
+                log.warning("skipping %s: no 'metrics' mapping", path)
+                continue
+            fp = res.get("fingerprint") if isinstance(res.get("fingerprint"), dict) else {}
+            ckpt = res.get("checkpoint") if isinstance(res.get("checkpoint"), dict) else {}
+            suite = res.get("suite") or path.stem
+            for cell in _metric_rows(metrics):
+                rows.append({**meta, "suite": suite, **cell, "fingerprint": _jsonable(fp),
+                             "checkpoint_step": ckpt.get("step"), "code_version": fp.get("code_version")})
+        if include_pretrain and summary is not None:
+            final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
+            fp = summary.get("fingerprint") if isinstance(summary.get("fingerprint"), dict) else {}
+            for key in ("loss", "infonce", "rec", "denoise"):
+                value = _num(final.get(key))
+                if not math.isnan(value):
+                    rows.append({**meta, "suite": "pretrain", "metric": key, "dataset": None, "shots": None,
+                                 "value": value, "cell_std": math.nan, "fingerprint": _jsonable(fp),
+                                 "checkpoint_step": summary.get("steps"),
+                                 "code_version": fp.get("code_version")})
+    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+
+def collect_pretrain(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per run with a readable ``summary.json``: final losses, FLOPs, throughput, hours, memory."""
+    rows: list[dict[str, Any]] = []
+    for run_dir, cfg, status, summary in iter_runs(root):
+        if summary is None:
+            state = (status or {}).get("state")
+            if state == "done":
+                log.warning("run %s is done but has no readable summary.json; skipped", run_dir)
+            continue
+        meta = run_meta(run_dir, cfg, status, summary)
+        final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
+        flops = summary.get("flops_per_image") if isinstance(summary.get("flops_per_image"), dict) else {}
+        fp = summary.get("fingerprint") if isinstance(summary.get("fingerprint"), dict) else {}
+        rows.append({
+            **meta,
+            "steps": summary.get("steps"),
+            "final_loss": _num(final.get("loss")),
+            "final_infonce": _num(final.get("infonce")),
+            "final_rec": _num(final.get("rec")),
+            "final_denoise": _num(final.get("denoise")),
+            "flops_forward": _num(flops.get("forward")),
+            "flops_train": _num(flops.get("train")),
+            "img_per_s": _num(summary.get("img_per_s")),
+            "gpu_hours": _num(summary.get("gpu_hours")),
+            "device_hours": _num(summary.get("device_hours")),
+            "peak_mem_bytes": _num(summary.get("peak_mem_bytes")),
+            "fingerprint": _jsonable(fp),
+            "code_version": fp.get("code_version"),
+        })
+    return pd.DataFrame(rows, columns=PRETRAIN_COLUMNS)
+
+
+def loss_curves(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per logged step of every run's ``metrics.jsonl`` (torn lines skipped)."""
+    frames = []
+    for run_dir, cfg, status, summary in iter_runs(root):
+        lines = [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r, dict) and "step" in r]
+        if not lines:
+            continue
+        meta = run_meta(run_dir, cfg, status, summary)
+        df = pd.DataFrame(lines)
+        for col in CURVE_COLUMNS:
+            if col in meta:
+                df[col] = meta[col]
+            elif col not in df:
+                df[col] = math.nan
+        frames.append(df[CURVE_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    for col in ("step", "epoch", "loss", "infonce", "rec", "denoise", "lr", "img_per_s"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out

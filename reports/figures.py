@@ -1,0 +1,299 @@
+"""Figures in the paper's styles (matplotlib, Agg). Each takes DataFrames and returns a Figure.
+
+Inputs are the frames of :mod:`canbench.reports.collect` (already filtered to the runs wanted).
+With no usable data a figure still comes back, saying "not run at this scale" — never an error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from canbench.reports.tables import ARCH_LABELS, METHOD_LABELS  # noqa: E402
+
+METHOD_COLORS = {"can": "tab:blue", "simclr": "tab:orange", "mae": "tab:green"}
+METHOD_ORDER = ("can", "simclr", "mae")
+NOT_RUN = "not run at this scale"
+CAN_DEFAULTS = {"l_nce": 0.03, "sigma_max": 0.05, "lam": 0.7}
+PAGE = (8.27, 5.2)  # A4 width; two figures fit one page
+
+
+def not_run_figure(title: str, detail: str = "") -> Figure:
+    """A placeholder figure with the title and 'not run at this scale' (plus an optional detail)."""
+    fig = plt.figure(figsize=(PAGE[0], 2.2))
+    fig.text(0.5, 0.68, title, ha="center", va="center", fontsize=11, weight="bold", wrap=True)
+    fig.text(0.5, 0.42, NOT_RUN, ha="center", va="center", fontsize=10, color="0.35")
+    if detail:
+        fig.text(0.5, 0.2, detail, ha="center", va="center", fontsize=8, color="0.45", wrap=True)
+    return fig
+
+
+def _color(method: str) -> str:
+    return METHOD_COLORS.get(method, "tab:gray")
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["method"]))
+    return [m for m in METHOD_ORDER if m in present] + sorted(m for m in present if m not in METHOD_ORDER)
+
+
+def _select(results: pd.DataFrame, suite: str, metric: str = "top1") -> pd.DataFrame:
+    if results is None or not len(results):
+        return pd.DataFrame(columns=getattr(results, "columns", []))
+    df = results[(results["suite"] == suite) & (results["metric"] == metric)].copy()
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    return df.dropna(subset=["value"])
+
+
+def _mean_std(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, std (ddof 1, 0 for one seed) and n of ``value`` per group."""
+    g = df.groupby(by, dropna=False)["value"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out.rename(columns={"count": "n"})
+
+
+def _scale_note(df: pd.DataFrame) -> str:
+    archs = sorted({ARCH_LABELS.get(a, str(a)) for a in df.get("arch", []) if isinstance(a, str)})
+    data = sorted({str(d) for d in df.get("pretrain_data", []) if isinstance(d, str)})
+    return f"runs: {', '.join(archs)} on {', '.join(data)}" if archs else ""
+
+
+def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite: str = "linear",
+                            metric: str = "top1") -> Figure:
+    """Fig. 1 (left) style: accuracy against total training FLOPs and against GPU-hours, per method."""
+    title = f"{suite} {metric} vs training compute (Fig. 1 left style)"
+    acc = _select(results, suite, metric)
+    if not len(acc) or pretrain is None or not len(pretrain):
+        return not_run_figure(title, "needs eval results and pretraining summaries")
+    p = pretrain[["run_dir", "flops_train", "steps", "batch_size", "gpu_hours", "device_hours"]].copy()
+    for c in ("flops_train", "steps", "batch_size", "gpu_hours", "device_hours"):
+        p[c] = pd.to_numeric(p[c], errors="coerce")
+    p["train_flops"] = p["flops_train"] * p["steps"] * p["batch_size"]
+    p["hours"] = p["gpu_hours"].where(p["gpu_hours"] > 0, p["device_hours"])
+    df = acc.merge(p, on="run_dir", how="inner")
+    if not len(df):
+        return not_run_figure(title, "no run has both an eval result and a summary")
+    fig, axes = plt.subplots(1, 2, figsize=PAGE, constrained_layout=True)
+    for ax, xcol, xlabel in ((axes[0], "train_flops", "total training FLOPs"),
+                             (axes[1], "hours", "GPU-hours (device-hours where no GPU)")):
+        for m in _methods(df):
+            d = df[df["method"] == m].dropna(subset=[xcol])
+            if not len(d):
+                continue
+            g = d.groupby(["arch", "epochs"], dropna=False).agg(x=(xcol, "mean"), y=("value", "mean"),
+                                                                  e=("value", "std")).reset_index()
+            g = g.sort_values("x")
+            ax.errorbar(g["x"].to_numpy(float), g["y"].to_numpy(float), yerr=g["e"].fillna(0).to_numpy(float),
+                        marker="o", color=_color(m), label=_label(m), capsize=3)
+        if (df[xcol] > 0).all():
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{suite} {metric} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}\n{_scale_note(df)}", fontsize=10)
+    return fig
+
+
+def _grouped_bars(ax, df: pd.DataFrame, cat: str, methods: list[str]) -> None:
+    cats = sorted(set(df[cat]), key=str)
+    x = np.arange(len(cats))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        d = df[df["method"] == m].set_index(cat)
+        ys = [d["mean"].get(c, np.nan) for c in cats]
+        es = [d["std"].get(c, 0.0) for c in cats]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, ys, width, yerr=es, capsize=2, color=_color(m),
+               label=_label(m))
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(c).replace("_", "_\n") if len(str(c)) > 12 else str(c) for c in cats], fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def fig_fewshot(results: pd.DataFrame) -> Figure:
+    """Fig. 4 style: few-shot top-1 bars per data set, one panel per shot count, bars per method."""
+    title = "Few-shot linear transfer (Fig. 4 style)"
+    df = _select(results, "fewshot")
+    if not len(df):
+        return not_run_figure(title)
+    df["shots"] = pd.to_numeric(df["shots"], errors="coerce")
+    agg = _mean_std(df, ["method", "dataset", "shots"])
+    shots = sorted(s for s in set(agg["shots"]) if not math.isnan(s))
+    ncols = min(2, len(shots))
+    nrows = math.ceil(len(shots) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PAGE[0], 2.6 * nrows + 0.8), squeeze=False,
+                             constrained_layout=True)
+    methods = _methods(agg)
+    for ax, k in zip(axes.flat, shots):
+        _grouped_bars(ax, agg[agg["shots"] == k], "dataset", methods)
+        ax.set_title(f"{int(k)}-shot", fontsize=9)
+        ax.set_ylabel("top-1 (%)")
+    for ax in list(axes.flat)[len(shots):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{title}\n{_scale_note(df)}; error bars: std over pretraining seeds", fontsize=10)
+    return fig
+
+
+def fig_robustness(results: pd.DataFrame) -> Figure:
+    """Fig. 5 style: top-1 per distribution-shift set, bars per method."""
+    title = "Robustness to distribution shift (Fig. 5 style)"
+    df = _select(results, "shift")
+    if not len(df):
+        return not_run_figure(title)
+    agg = _mean_std(df, ["method", "dataset"])
+    fig, ax = plt.subplots(figsize=PAGE, constrained_layout=True)
+    _grouped_bars(ax, agg, "dataset", _methods(agg))
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{_scale_note(df)}", fontsize=10)
+    return fig
+
+
+def _curve(ax, df: pd.DataFrame, xcol: str, methods: list[str]) -> None:
+    for m in methods:
+        d = _mean_std(df[df["method"] == m], [xcol]).sort_values(xcol)
+        ax.errorbar(d[xcol].to_numpy(float), d["mean"].to_numpy(float), yerr=d["std"].to_numpy(float), marker="o",
+                    capsize=3, color=_color(m), label=_label(m))
+    ax.grid(alpha=0.3)
+
+
+def fig_mask_ratio(results: pd.DataFrame, suite: str = "linear") -> Figure:
+    """Fig. 6 style: CAN and SimCLR linear-probe accuracy against the masking rate."""
+    title = "Masking rate (Fig. 6 style)"
+    df = _select(results, suite)
+    df = df[df["method"].isin(["can", "simclr"])].dropna(subset=["mask_ratio"])
+    if not len(df):
+        return not_run_figure(title)
+    fig, ax = plt.subplots(figsize=PAGE, constrained_layout=True)
+    _curve(ax, df, "mask_ratio", _methods(df))
+    ax.set_xlabel("mask ratio")
+    ax.set_ylabel(f"{suite} top-1 (%)")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{_scale_note(df)}", fontsize=10)
+    return fig
+
+
+def hparam_sweep(results: pd.DataFrame, axis: str, suite: str = "linear") -> pd.DataFrame:
+    """CAN rows of one Fig. 7 sweep: ``axis`` varies, the other two at CAN defaults (0.03, 0.05, 0.7)."""
+    df = _select(results, suite)
+    df = df[df["method"] == "can"]
+    for other, default in CAN_DEFAULTS.items():
+        if other != axis:
+            df = df[np.isclose(pd.to_numeric(df[other], errors="coerce"), default)]
+    return df.dropna(subset=[axis])
+
+
+def fig_hparams(results: pd.DataFrame, suite: str = "linear") -> Figure:
+    """Fig. 7 style: accuracy against l_nce, sigma_max and lam (others at their defaults)."""
+    title = "Loss weights and noise level (Fig. 7 style)"
+    sweeps = {a: hparam_sweep(results, a, suite) for a in ("l_nce", "sigma_max", "lam")}
+    if not any(len(set(d[a])) > 1 for a, d in sweeps.items()):
+        return not_run_figure(title, "needs CAN runs sweeping l_nce, sigma_max or lam")
+    fig, axes = plt.subplots(1, 3, figsize=PAGE, constrained_layout=True)
+    labels = {"l_nce": "contrastive weight λ_InfoNCE", "sigma_max": "σ_max", "lam": "λ (rec vs denoise)"}
+    for ax, (a, d) in zip(axes, sweeps.items()):
+        if len(set(d[a])) < 2:
+            ax.text(0.5, 0.5, NOT_RUN, ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            _curve(ax, d, a, ["can"])
+            if a == "l_nce" and (d[a] > 0).any():
+                ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel(labels[a], fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel(f"{suite} top-1 (%)")
+    alls = pd.concat(list(sweeps.values()))
+    fig.suptitle(f"{title}\n{_scale_note(alls)}", fontsize=10)
+    return fig
+
+
+def fig_loss_curves(curves: pd.DataFrame, max_legend: int = 12) -> Figure:
+    """Training-loss curves per run: one panel per logged term (loss, infonce, rec, denoise)."""
+    title = "Training losses per run"
+    terms = [t for t in ("loss", "infonce", "rec", "denoise")
+             if curves is not None and len(curves) and t in curves and curves[t].notna().any()]
+    if not terms:
+        return not_run_figure(title)
+    ncols = min(2, len(terms))
+    nrows = math.ceil(len(terms) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PAGE[0], 2.6 * nrows + 1.0), squeeze=False,
+                             constrained_layout=True)
+    runs = list(dict.fromkeys(curves["run_dir"]))
+    for ax, t in zip(axes.flat, terms):
+        for r in runs:
+            d = curves[curves["run_dir"] == r].dropna(subset=[t]).sort_values("step")
+            if len(d):
+                m = d["method"].iloc[0]
+                ax.plot(d["step"], d[t], color=_color(m), alpha=0.7, lw=1,
+                        label=str(d["run_name"].iloc[0]) if len(runs) <= max_legend else None)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(terms):]:
+        ax.axis("off")
+    if len(runs) <= max_legend:
+        axes.flat[0].legend(fontsize=6)
+    else:  # one entry per method instead of per run
+        for m in _methods(curves):
+            axes.flat[0].plot([], [], color=_color(m), label=_label(m))
+        axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{title} ({len(runs)} runs)", fontsize=10)
+    return fig
+
+
+EFFICIENCY_COLUMNS = ["method", "arch", "n", "fwd GFLOP/img", "train GFLOP/img", "img/s", "GPU-hours",
+                      "peak mem GiB"]
+
+
+def efficiency_table(pretrain: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, arch): FLOPs per image (G), img/s, GPU-hours and peak memory (GiB), means over runs."""
+    if pretrain is None or not len(pretrain):
+        return pd.DataFrame(columns=EFFICIENCY_COLUMNS)
+    df = pretrain.copy()
+    for c in ("flops_forward", "flops_train", "img_per_s", "gpu_hours", "device_hours", "peak_mem_bytes"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["hours"] = df["gpu_hours"].where(df["gpu_hours"] > 0, df["device_hours"])
+    g = df.groupby(["method", "arch"], dropna=False)
+    out = pd.DataFrame({
+        "n": g.size(), "fwd GFLOP/img": g["flops_forward"].mean() / 1e9,
+        "train GFLOP/img": g["flops_train"].mean() / 1e9, "img/s": g["img_per_s"].mean(),
+        "GPU-hours": g["hours"].mean(), "peak mem GiB": g["peak_mem_bytes"].mean() / 2**30,
+    }).reset_index()
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    out = out.sort_values(["arch", "method"], key=lambda s: s.map(order).fillna(99) if s.name == "method" else s)
+    return out[EFFICIENCY_COLUMNS].reset_index(drop=True)
+
+
+def fig_efficiency(pretrain: pd.DataFrame) -> Figure:
+    """The efficiency table drawn as a matplotlib table."""
+    title = "Pretraining efficiency (means over runs)"
+    tab = efficiency_table(pretrain)
+    if not len(tab):
+        return not_run_figure(title)
+    cells = [[_label(r["method"]), ARCH_LABELS.get(r["arch"], str(r["arch"])), str(int(r["n"]))]
+             + [("—" if pd.isna(r[c]) else f"{r[c]:.3g}") for c in EFFICIENCY_COLUMNS[3:]]
+             for _, r in tab.iterrows()]
+    fig = plt.figure(figsize=(PAGE[0], 0.9 + 0.3 * (len(cells) + 1)))
+    ax = fig.add_axes([0.03, 0.03, 0.94, 0.94 - 0.5 / fig.get_figheight()])
+    ax.axis("off")
+    t = ax.table(cellText=cells, colLabels=EFFICIENCY_COLUMNS, loc="upper center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.scale(1, 1.3)
+    fig.suptitle(title, fontsize=10, y=0.99)
+    return fig

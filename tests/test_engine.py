@@ -1,0 +1,130 @@
+"""The pretraining engine: exact resume, non-finite losses, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from canbench.config import ConfigError, build_config
+from canbench.methods import checkpoint
+from canbench.methods.engine import NonFiniteLossError, Trainer, pretrain
+from canbench.status import read_status
+
+
+def _cfg(method: str, tiny: list[str], *extra: str):
+    return build_config(method, "smoke", tiny + ["optim.max_steps=6", "optim.epochs=1", *extra])
+
+
+@pytest.mark.parametrize("method", ["can", "simclr", "mae"])
+def test_interrupted_and_resumed_run_is_bit_identical(method, tiny_overrides, tmp_path):
+    cfg = _cfg(method, tiny_overrides, "model.drop_path=0.1")  # drop path draws from the global torch RNG
+    full = tmp_path / "full"
+    pretrain(cfg, full)
+    part = tmp_path / "part"
+    t = Trainer(cfg, part)
+    # stop after 3 steps (what a requeue does), then resume in a fresh Trainer
+    orig = Trainer._loop
+
+    def stop_after_step_3(self):
+        self._stop_requested = False
+        _orig_save = self.save_checkpoint
+
+        def save_and_maybe_stop():
+            path = _orig_save()
+            if self.step >= 3:
+                self.request_stop()
+            return path
+        self.save_checkpoint = save_and_maybe_stop
+        return orig(self)
+
+    Trainer._loop = stop_after_step_3
+    try:
+        res = t.fit(resume=True)
+    finally:
+        Trainer._loop = orig
+    assert res == {"state": "stopped", "step": 4}  # ckpt_every=2: stopped after the step-4 checkpoint
+    assert read_status(part)["state"] == "running"
+    pretrain(cfg, part, resume=True)
+    a = checkpoint.load(full)
+    b = checkpoint.load(part)
+    assert a["step"] == b["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for pid in sa:
+        for k in sa[pid]:
+            assert torch.equal(sa[pid][k], sb[pid][k])
+    la = [json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_checkpoint_holds_everything_for_resume(tiny_overrides, tmp_path):
+    cfg = _cfg("can", tiny_overrides)
+    pretrain(cfg, tmp_path)
+    ck = checkpoint.load(tmp_path)
+    assert {"config", "model", "optimizer", "scaler", "scheduler", "step", "rng", "data", "code_version"} <= set(ck)
+    assert set(ck["rng"]) >= {"python", "numpy", "torch"}
+    assert ck["config"] == cfg.to_dict()
+    assert read_status(tmp_path)["state"] == "done"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and set(summary["final"]) == {"loss", "infonce", "rec", "denoise"}
+    assert summary["fingerprint"]["method"] == "can" and "code_version" in summary["fingerprint"]
+    enc, _, _ = checkpoint.load_encoder(tmp_path)
+    assert torch.equal(enc.state_dict()["blocks.0.attn.qkv.weight"], ck["model"]["encoder.blocks.0.attn.qkv.weight"])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "infonce", "rec", "denoise", "lr", "img_per_s"} <= set(r) for r in rows)
+
+
+def test_resume_refuses_a_different_config(tiny_overrides, tmp_path):
+    pretrain(_cfg("can", tiny_overrides), tmp_path)
+    with pytest.raises(ConfigError, match=r"method\.mask_ratio"):
+        pretrain(_cfg("can", tiny_overrides, "method.mask_ratio=0.25"), tmp_path, resume=True)
+
+
+def test_non_finite_loss_stops_names_step_and_term_keeps_last_checkpoint(tiny_overrides, tmp_path, monkeypatch):
+    cfg = _cfg("can", tiny_overrides)
+    from canbench.methods.can import CAN
+
+    orig = CAN.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        out = orig(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 5
+            out["rec"] = out["rec"] * float("nan")
+            out["loss"] = out["loss"] + out["rec"]
+        return out
+
+    monkeypatch.setattr(CAN, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"'rec' at step 5"):
+        pretrain(cfg, tmp_path)
+    st = read_status(tmp_path)
+    assert st["state"] == "failed" and "step 5" in st["reason"] and "Traceback" in st["traceback"]
+    ck = checkpoint.load(tmp_path)
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_gradient_accumulation_matches_big_batch_for_mae(tiny_overrides, tmp_path):
+    """MAE has no batch coupling: 2 x 4 accumulated == one batch of 8 (up to float summation order)."""
+    a = _cfg("mae", tiny_overrides, "optim.max_steps=2")
+    b = _cfg("mae", tiny_overrides, "optim.max_steps=2", "optim.accum_steps=2")
+    pretrain(a, tmp_path / "a")
+    pretrain(b, tmp_path / "b")
+    ma, mb = checkpoint.load(tmp_path / "a")["model"], checkpoint.load(tmp_path / "b")["model"]
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["can", "simclr", "mae"])
+def test_smoke_preset_trains_and_loss_decreases(method, tmp_path):
+    cfg = build_config(method, "smoke", ["optim.max_steps=40", "train.log_every=4", "data.builtin_size=1024"])
+    pretrain(cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["loss"] for r in rows[:2]) / 2
+    last = sum(r["loss"] for r in rows[-2:]) / 2
+    assert last < 0.9 * first, (first, last)
