@@ -1,0 +1,130 @@
+"""Public checkpoints (facebookresearch/mae, timm ViTs) into the shared encoder or the finetune classifier.
+
+Every key of the source state dict must match one rule of an explicit table (kept, dropped, or
+adapted); an unknown key is an error, and the final load is strict, so the error lists the
+unexpected and missing keys by name. Files are always read with ``torch.load(weights_only=True)``
+(or safetensors).
+
+MAE checkpoints are ``{"model": state_dict, ...}``. Pretraining ones hold ``cls_token``,
+``pos_embed`` (1, 1 + L, D; the cls row first), ``patch_embed.proj.*``, ``blocks.*``, ``norm.*``
+plus ``mask_token`` and ``decoder_*`` (dropped). Finetuned ones (global pool) hold ``fc_norm.*`` and
+``head.*`` instead of ``norm.*``. When the target has no cls token, ``cls_token`` is dropped and the
+cls row of ``pos_embed`` removed. No resolution change: pos_embed lengths must otherwise agree.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_BLOCK = r"^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|attn\.q_norm|attn\.k_norm|mlp\.fc1|mlp\.fc2|ls1|ls2)\."
+# (regex, action) per source format; actions: keep | drop | pos | cls | head (kept only for classifiers)
+# | norm (kept for encoders, dropped for classifiers: MAE finetuning replaces it by fc_norm)
+RULES: dict[str, list[tuple[str, str]]] = {
+    "mae": [
+        (r"^mask_token$", "drop"), (r"^decoder_", "drop"),  # MAE pretraining only
+        (r"^cls_token$", "cls"), (r"^pos_embed$", "pos"), (r"^patch_embed\.proj\.(weight|bias)$", "keep"),
+        (_BLOCK, "keep"), (r"^norm\.(weight|bias)$", "norm"), (r"^fc_norm\.(weight|bias)$", "head"),
+        (r"^head\.(weight|bias)$", "head"),
+    ],
+    "timm": [
+        (r"^cls_token$", "cls"), (r"^pos_embed$", "pos"), (r"^patch_embed\.proj\.(weight|bias)$", "keep"),
+        (_BLOCK, "keep"), (r"^norm\.(weight|bias)$", "norm"), (r"^fc_norm\.(weight|bias)$", "head"),
+        (r"^head\.(weight|bias)$", "head"),
+    ],
+}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``; ``model`` /
+    ``state_dict`` wrappers unwrapped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p} does not hold a state dict of tensors (top-level keys: "
+                         f"{sorted(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _adapt_pos(v: torch.Tensor, want: torch.Size, key: str) -> torch.Tensor:
+    if v.shape == want:
+        return v
+    if v.ndim == 3 and v.shape[1] == want[1] + 1 and v.shape[2] == want[2]:
+        return v[:, 1:].clone()  # source has a cls position, target does not
+    raise ValueError(f"{key}: source shape {tuple(v.shape)} cannot map to target {tuple(want)} "
+                     "(different resolution or patch size; interpolation is not supported)")
+
+
+def map_state_dict(sd: dict[str, torch.Tensor], target: nn.Module, fmt: str = "mae") -> dict[str, torch.Tensor]:
+    """Map ``sd`` (format ``fmt``: "mae" | "timm") to ``target``'s key layout by the explicit rules."""
+    if fmt not in RULES:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {sorted(RULES)}")
+    rules = [(re.compile(rx), act) for rx, act in RULES[fmt]]
+    own = target.state_dict()
+    is_classifier = "head.weight" in own
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for k, v in sd.items():
+        act = next((a for rx, a in rules if rx.search(k)), None)
+        if act is None:
+            unknown.append(k)
+        elif act == "keep":
+            out[k] = v
+        elif act == "pos":
+            out[k] = _adapt_pos(v, own["pos_embed"].shape, k) if "pos_embed" in own else v
+        elif act == "cls":
+            if "cls_token" in own:
+                out[k] = v
+        elif act == "norm":
+            if "norm.weight" in own or not is_classifier:
+                out[k] = v
+        elif act == "head":
+            if is_classifier:
+                out[k] = v
+    if unknown:
+        raise KeyError(f"{len(unknown)} {fmt} checkpoint keys match no mapping rule: {sorted(unknown)}")
+    return out
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with an error listing unexpected / missing keys and bad shapes."""
+    own = model.state_dict()
+    unexpected = sorted(set(sd) - set(own))
+    missing = sorted(set(own) - set(sd))
+    shapes = sorted(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if unexpected or missing or shapes:
+        hint = ""
+        if "norm.weight" in missing and "fc_norm.weight" not in own:
+            hint = (" (a finetuned MAE checkpoint has fc_norm instead of the encoder's final norm; "
+                    "load it into the finetune classifier instead)")
+        raise KeyError(f"{source} does not match {type(model).__name__}: unexpected keys {unexpected}, "
+                       f"missing keys {missing}, shape mismatches {shapes}{hint}")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_external(model: nn.Module, path_or_sd: str | Path | dict[str, torch.Tensor],
+                  fmt: str = "mae") -> dict[str, Any]:
+    """Load a public MAE / timm checkpoint into ``model`` (shared encoder or timm classifier), strictly.
+
+    Returns ``{"source", "format", "loaded", "dropped"}`` (key names) for the run record.
+    """
+    source = str(path_or_sd) if not isinstance(path_or_sd, dict) else "state dict"
+    sd = read_checkpoint(path_or_sd) if not isinstance(path_or_sd, dict) else path_or_sd
+    mapped = map_state_dict(sd, model, fmt)
+    load_strict(model, mapped, source)
+    return {"source": source, "format": fmt, "loaded": sorted(mapped), "dropped": sorted(set(sd) - set(mapped))}
