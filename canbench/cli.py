@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # (module, function) pairs that add sub-commands; each takes the subparsers object.
 _EXTENSIONS: list[tuple[str, str]] = [
+    ("canbench.demo", "add_demo_parser"),
     ("canbench.evaluation.cli", "add_evaluate_parser"),
     ("canbench.slurm.cli", "add_grid_parser"),
     ("canbench.reports.cli", "add_report_parser"),

@@ -109,7 +109,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 1
-    knn_monitor: bool = False  # issue 3: cheap kNN monitor at checkpoints
+    count_flops: bool = True  # FLOPs/image into summary.json (a few seconds at the end of a run)
 
 
 @dataclass
@@ -263,17 +263,18 @@ def list_presets() -> dict[str, dict[str, Any]]:
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (``smoke``) or a YAML path; returns the raw preset mapping."""
+    """A preset by name (``smoke``) or a YAML path; returns the raw preset mapping (reads one file)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"preset file not found: {p}")
-        with open(p) as f:
-            return yaml.safe_load(f) or {}
-    presets = list_presets()
-    if name_or_path not in presets:
-        raise ConfigError(f"unknown preset {name_or_path!r}{_closest(name_or_path, presets)}")
-    return presets[name_or_path]
+    else:
+        p = _preset_dir() / f"{name_or_path}.yaml"
+        if not p.is_file():
+            names = [q.stem for q in _preset_dir().glob("*.yaml")]
+            raise ConfigError(f"unknown preset {name_or_path!r}{_closest(name_or_path, names)}")
+    with open(p) as f:
+        return yaml.safe_load(f) or {}
 
 
 def build_config(method: str, preset: str | None = None, overrides: list[str] | dict | None = None,

@@ -106,6 +106,7 @@ class Trainer:
         self.step = 0
         self._stop_requested = False
         self.model: nn.Module | None = None
+        self.last_saved_step: int | None = None  # step of the newest checkpoint written by this trainer
 
     # ---- set-up ---------------------------------------------------------------------------
     def _build_data(self):
@@ -155,6 +156,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write the exact state after the last completed step (rank 0 writes; all ranks wait)."""
         path = None
+        self.last_saved_step = self.step
         if self.dist.is_main:
             path = checkpoint.save(self.run_dir, cfg=self.cfg, model=self.method, optimizer=self.optimizer,
                                    scaler=self.scaler, step=self.step, total_steps=self.info.total_steps,
@@ -331,7 +333,7 @@ class Trainer:
             "steps": self.step, "images_seen": images, "final": final, "img_per_s": img_per_s,
             "device_hours": device_hours, "gpu_hours": device_hours if self.device.type == "cuda" else 0.0,
             "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
-            "flops_per_image": _flops_or_none(self.cfg),
+            "flops_per_image": _flops_or_none(self.cfg) if self.cfg.train.count_flops else None,
             "derived": asdict(self.info),
             "fingerprint": protocol_fingerprint(method=self.cfg.method.name, arch=self.cfg.model.arch,
                                                 img_size=self.cfg.model.img_size, dataset=self.cfg.data.dataset,

@@ -12,7 +12,8 @@ torch.set_num_threads(2)
 
 TINY = ["model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2", "model.proj_hidden=64",
         "model.proj_out=16", "model.img_size=16", "model.patch_size=4", "data.builtin_size=64",
-        "optim.batch_size=8", "train.log_every=1", "train.ckpt_every=2"]
+        "optim.batch_size=8", "train.log_every=1", "train.ckpt_every=2",
+        "train.count_flops=false"]
 
 
 @pytest.fixture

@@ -1,0 +1,89 @@
+"""``canbench demo`` (= ``make demo``): the whole pipeline on the built-in data set, on this CPU.
+
+1. the smoke grid (CAN, SimCLR, MAE x 2 seeds) and the ablations that make sense at this scale,
+   each through the local executor (the same code path as SLURM), with their evaluation suites;
+2. the PDF report (``reports/out/demo.pdf``) with tables, figures and the claims scorecard;
+3. ``canbench check`` against the committed baseline (``reports/baselines/smoke.csv``).
+
+Finished runs are reused, so running it again only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("canbench.demo")
+
+# (grid spec, why it is in the demo); every grid runs at its `smoke` scale profile
+DEMO_GRIDS: list[tuple[str, str]] = [
+    ("benchmarks/smoke.yaml", "CAN, SimCLR, MAE x 2 seeds: the baseline the check compares against"),
+    ("benchmarks/paper/table4_losses.yaml", "Table 4: final losses of CAN, SimCLR and MAE at 50% masking"),
+    ("benchmarks/paper/table5_ablation.yaml", "Table 5: removing C, A or N from CAN"),
+]
+DEFAULT_ROOT = "runs/demo"
+DEFAULT_PDF = "reports/out/demo.pdf"
+DEFAULT_BASELINE = "reports/baselines/smoke.csv"
+
+
+def _repo_path(rel: str) -> Path:
+    """A path relative to the checkout (the demo may be started from any folder)."""
+    p = Path(rel)
+    if p.exists():
+        return p
+    return Path(__file__).resolve().parent.parent / rel
+
+
+def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
+             baseline: str | Path | None = DEFAULT_BASELINE, write_baseline: bool = False,
+             executor: str = "local", grids: list[str] | None = None) -> int:
+    """Run the demo; returns the check's exit code (0 pass, 1 regression, 2 nothing comparable)."""
+    from canbench.reports.check import check, check_markdown
+    from canbench.reports.check import write_baseline as _write_baseline
+    from canbench.reports.collect import collect
+    from canbench.reports.pdf import build_report
+    from canbench.slurm.control import submit_grid
+
+    root = Path(root)
+    t0 = time.perf_counter()
+    specs = [g for g, _ in DEMO_GRIDS] if grids is None else grids
+    for i, spec in enumerate(specs, 1):
+        why = dict(DEMO_GRIDS).get(spec, "")
+        log.info("[%d/%d] grid %s (%s)", i, len(specs), spec, why)
+        rep = submit_grid(_repo_path(spec), scale="smoke", executor=executor, root=root / Path(spec).stem,
+                          wait=True)
+        log.info("  %d runs: %d submitted, %s", len(rep.runs), len(rep.submitted),
+                 ", ".join(f"{len(v)} {k}" for k, v in rep.skipped.items()) or "nothing skipped")
+    results = collect(root)
+    failed = [p for p in root.rglob("status.json") if '"failed"' in p.read_text()]
+    if failed:
+        log.error("%d runs failed: %s", len(failed), ", ".join(str(p.parent) for p in failed))
+    check_result = None
+    if write_baseline:
+        _write_baseline(results, baseline)
+        log.info("wrote baseline %s", baseline)
+    if baseline is not None and Path(baseline).exists():
+        check_result = check(results, reference=baseline)
+        print(check_markdown(check_result))
+    pdf = build_report(root, out_pdf, title="canbench demo (smoke scale, built-in data set)",
+                       check_result=check_result)
+    log.info("report: %s", pdf)
+    log.info("demo finished in %.0f s", time.perf_counter() - t0)
+    if failed:
+        return 1
+    return check_result.exit_code if check_result is not None else 0
+
+
+def add_demo_parser(subparsers) -> None:
+    """``canbench demo``."""
+    p = subparsers.add_parser("demo", help="the whole pipeline on the built-in data set (CPU, minutes)")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="run store for the demo grids")
+    p.add_argument("--out", default=DEFAULT_PDF, help="the PDF report")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE, help="baseline CSV for `canbench check`")
+    p.add_argument("--write-baseline", action="store_true", help="(re)write the baseline from these results")
+    p.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
+    p.set_defaults(func=lambda a: run_demo(a.root, a.out, a.baseline, a.write_baseline, a.executor))
+
+
+__all__ = ["DEMO_GRIDS", "add_demo_parser", "run_demo"]

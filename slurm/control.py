@@ -1,0 +1,220 @@
+"""Grid commands as functions: submit (idempotent), status, cancel, wait.
+
+``submit_grid`` expands and validates every run first (nothing is submitted if any run is bad),
+then, holding the grid lock, reconciles each run folder with its recorded job and submits only
+what needs to run: new runs, runs whose job is gone before they finished (they resume from their
+last checkpoint), cancelled runs, and failed runs only with ``retry_failed``. Done runs and runs
+whose job is still queued or running are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from canbench.status import read_status
+
+from .executors import BACKENDS, FAILED_STATES, Backend, JobState, Submitted, get_backend
+from .grid import GridSpec, Run, expand_all, load_spec, split_overrides
+from .runstore import collect, default_root, grid_lock, list_runs, prepare_run, update_status
+
+log = logging.getLogger("canbench.grid")
+
+ACTIVE, NEW, RESUMABLE = "active", "new", "resumable"
+
+
+@dataclass
+class SubmitReport:
+    """What ``submit_grid`` decided, per run folder."""
+
+    root: Path
+    runs: list[Run]
+    submitted: list[Path] = field(default_factory=list)
+    skipped: dict[str, list[Path]] = field(default_factory=dict)  # reason -> folders
+    jobs: list[Submitted] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.submitted)} submitted"]
+        parts += [f"{len(v)} {k}" for k, v in sorted(self.skipped.items()) if v]
+        return f"{len(self.runs)} runs under {self.root}: " + ", ".join(parts)
+
+
+def _log_tail(path: str | None, n: int = 20) -> str:
+    if not path:
+        return ""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
+    """Bring each run's status in line with its job and classify it.
+
+    Returns folder -> one of ``done``, ``failed``, ``cancelled`` (as recorded), ``active`` (its job
+    is queued or running), ``new`` (never submitted) or ``resumable`` (its job is gone before the
+    run finished; it continues from its checkpoint). A job that ended as CANCELLED, or after a
+    ``grid cancel``, makes the run ``cancelled``; one that ended FAILED / TIMEOUT / OUT_OF_MEMORY /
+    NODE_FAIL makes it ``failed`` with the scheduler's state and the log's tail as reason.
+    """
+    statuses = {d: read_status(d) for d in run_dirs}
+    by_exec: dict[str, list[Path]] = {}
+    for d, st in statuses.items():
+        if st.get("state") in ("pending", "running") and st.get("job_id") and st.get("executor"):
+            by_exec.setdefault(st["executor"], []).append(d)
+    job_states: dict[Path, JobState] = {}
+    for name, dirs in by_exec.items():
+        if name not in BACKENDS:  # cannot ask: assume the job lives rather than risk running it twice
+            log.warning("runs %s were submitted with an unknown executor %r; treated as active",
+                        ", ".join(d.name for d in dirs), name)
+            job_states.update({d: JobState(True, "UNKNOWN", f"unknown executor {name!r}") for d in dirs})
+            continue
+        for d, js in zip(dirs, get_backend(name).states([statuses[d] for d in dirs])):
+            job_states[d] = js
+    out: dict[Path, str] = {}
+    for d, st in statuses.items():
+        state = st.get("state", "pending")
+        if state in ("done", "failed", "cancelled"):
+            out[d] = state
+            continue
+        if not st.get("job_id"):
+            out[d] = NEW
+            continue
+        js = job_states.get(d)
+        if js is None:  # a job id without an executor: never really submitted
+            out[d] = NEW
+            continue
+        if js.alive:
+            out[d] = ACTIVE
+            continue
+        if st.get("cancel_requested") or js.state.startswith("CANCELLED"):
+            update_status(d, "cancelled", reason=f"job {st['job_id']} was cancelled ({js.detail})")
+            out[d] = "cancelled"
+        elif js.state in FAILED_STATES:
+            tail = _log_tail(st.get("log_err")) or _log_tail(st.get("log_out"))
+            update_status(d, "failed", reason=f"job {st['job_id']} ended as {js.state} before the run finished",
+                          traceback=tail)
+            out[d] = "failed"
+        else:  # the job exited without finishing this run (stopped, killed, lost): resume it
+            out[d] = RESUMABLE
+    return out
+
+
+def _record_submission(d: Path, sub: Submitted, backend: Backend, folder: Path, job_name: str) -> None:
+    from .runstore import _flock  # same lock as update_status
+
+    with _flock(d / ".status.lock", timeout_s=60):
+        st = read_status(d)
+        state = st.get("state") if st.get("state") in ("running", "done") and st.get("job_id") == sub.job_id \
+            else "pending"
+        history = list(st.get("job_ids") or [])
+        if sub.job_id not in history:
+            history.append(sub.job_id)
+        from canbench.status import write_status
+
+        extra = {"phase": "queued"} if state == "pending" else {}
+        write_status(d, state, job_id=sub.job_id, job_ids=history, executor=backend.name, job_name=job_name,
+                     submitit_folder=str(folder), log_out=sub.log_out, log_err=sub.log_err, submitted=time.time(),
+                     cancel_requested=None, pid_submitter=os.getpid(), **extra)
+
+
+def plan(spec: GridSpec, scale: str, overrides: list[str] | None = None, executor: str = "local",
+         root: str | Path | None = None) -> tuple[list[Run], Path, Any]:
+    """Expand + validate (every scale; data paths for ``scale``): (runs, root, resources)."""
+    _, res_over = split_overrides(overrides or [])
+    res = spec.resources(scale, res_over)
+    world = 1 if executor == "debug" else res.world_size
+    runs = expand_all(spec, scale, overrides, world_size=world)
+    root = Path(root) if root is not None else default_root(spec.name, scale)
+    return runs, root, res
+
+
+def submit_grid(spec: GridSpec | str | Path, scale: str = "smoke", executor: str = "local",
+                root: str | Path | None = None, overrides: list[str] | None = None, retry_failed: bool = False,
+                wait: bool = False, backend: Backend | None = None, poll_s: float | None = None) -> SubmitReport:
+    """Submit what is not done or running; idempotent and safe against a concurrent submit."""
+    spec = spec if isinstance(spec, GridSpec) else load_spec(spec)
+    backend = backend or get_backend(executor)
+    backend.check()
+    runs, root, res = plan(spec, scale, overrides, backend.name, root)
+    backend.check_resources(res)
+    report = SubmitReport(root=root, runs=runs)
+    with grid_lock(root):
+        dirs = [prepare_run(root, r.folder_name, r.cfg.to_dict()) for r in runs]
+        kinds = reconcile(dirs)
+        todo = []
+        for d in dirs:
+            kind = kinds[d]
+            if kind in (NEW, RESUMABLE, "cancelled") or (kind == "failed" and retry_failed):
+                todo.append(d)
+            else:
+                reason = {"failed": "failed (use --retry-failed)", ACTIVE: "queued or running"}.get(kind, kind)
+                report.skipped.setdefault(reason, []).append(d)
+        if todo:
+            folder = (root / ".submitit" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}").resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            job_name = f"{spec.name}-{scale}"
+            subs = backend.submit(todo, res, folder, job_name=job_name)
+            for d, sub in zip(todo, subs):
+                _record_submission(d, sub, backend, folder, job_name)
+            report.submitted, report.jobs = todo, subs
+            log.info("submitted %d runs of %s (%s) with --executor %s: jobs %s", len(todo), spec.name, scale,
+                     backend.name, ", ".join(dict.fromkeys(s.job_id for s in subs)))
+    if report.jobs:
+        backend.wait_inline(report.jobs)
+    if wait:
+        wait_grid(root, poll_s=poll_s if poll_s is not None else backend.poll_s)
+    return report
+
+
+def wait_grid(root: str | Path, poll_s: float = 2.0, timeout_s: float | None = None) -> dict[Path, str]:
+    """Block until no run under ``root`` has a live job; returns the final classification."""
+    t0 = time.monotonic()
+    while True:
+        with grid_lock(root):
+            kinds = reconcile(list_runs(root))
+        if not any(k == ACTIVE for k in kinds.values()):
+            return kinds
+        if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"runs under {root} still active after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def status_grid(root: str | Path):
+    """Reconcile, then the aggregate pandas table of every run folder under ``root``."""
+    if Path(root).is_dir():
+        with grid_lock(root):
+            reconcile(list_runs(root))
+    return collect(root)
+
+
+def cancel_grid(root: str | Path) -> list[Path]:
+    """Cancel every queued or running job of the runs under ``root``; they are marked cancelled."""
+    cancelled: list[Path] = []
+    if not Path(root).is_dir():
+        return cancelled
+    with grid_lock(root):
+        dirs = list_runs(root)
+        kinds = reconcile(dirs)
+        active = [d for d in dirs if kinds[d] == ACTIVE]
+        by_exec: dict[str, list[Path]] = {}
+        for d in active:
+            by_exec.setdefault(read_status(d)["executor"], []).append(d)
+        for name, ds in by_exec.items():
+            now = time.time()
+            for d in ds:  # mark first: a run that ends while being cancelled still counts as cancelled
+                update_status(d, None, cancel_requested=now)
+            get_backend(name).cancel([read_status(d) for d in ds])
+            for d in ds:
+                update_status(d, "cancelled", reason="cancelled by `canbench grid cancel`", cancel_requested=now)
+            cancelled += ds
+    return cancelled
+
+
+__all__ = ["SubmitReport", "cancel_grid", "plan", "reconcile", "status_grid", "submit_grid", "wait_grid"]

@@ -1,0 +1,280 @@
+"""The job function every executor runs: a submitit ``Checkpointable`` that trains one run folder.
+
+``RunJob(run_dir)()`` rebuilds the config from ``config.yaml``, sets the torch.distributed
+environment from ``submitit.JobEnvironment()``, runs ``Trainer.fit(resume=True)`` and then the
+run's evaluation suites. When SLURM (or submitit's local controller) signals a preemption or
+time-out, submitit calls :meth:`RunJob.checkpoint` between two training steps (the engine holds
+USR1/USR2/TERM during a step): it saves the live trainer's exact state and returns a fresh
+``RunJob`` for the requeued job, which resumes at that step.
+
+``ChainJob`` runs several run folders one after another in one job; the local executor uses it so
+a grid does not start every run at once on one machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import time
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from canbench.config import config_from_dict
+from canbench.io import read_yaml
+from canbench.status import read_status
+
+from .runstore import CONFIG, update_status
+
+log = logging.getLogger("canbench.grid.job")
+
+
+def _job_env() -> submitit.JobEnvironment | None:
+    """The submitit job environment, or None when called outside a submitit job."""
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+
+
+def master_port(job_id: str, salt: str = "") -> int:
+    """A port in [20000, 40000) that all tasks of one job (and one requeue) agree on."""
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return 20000 + zlib.crc32(f"{job_id}:{restart}:{salt}".encode()) % 20000
+
+
+def set_distributed_env(env: submitit.JobEnvironment | None, salt: str = "") -> dict[str, str]:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT for the engine's init_from_env."""
+    if env is None:
+        values = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    else:
+        hosts = env.hostnames
+        master = "127.0.0.1" if env.num_nodes <= 1 else hosts[0]
+        values = {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
+                  "MASTER_ADDR": master, "MASTER_PORT": str(master_port(env.job_id, salt))}
+    os.environ.update(values)
+    return values
+
+
+def run_suites_or_skip(run_dir: Path, suites: list[str]) -> dict[str, Any]:
+    """Run the evaluation suites via ``canbench.evaluation.suites.run_suites`` when it exists.
+
+    Returns ``{suite: {"state": "done"|"skipped", ...}}`` for status.json (metrics, result path).
+    """
+    if not suites:
+        return {}
+    try:
+        mod = importlib.import_module("canbench.evaluation.suites")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("canbench.evaluation", "canbench.evaluation.suites"):
+            raise
+        mod = None
+    fn = getattr(mod, "run_suites", None)
+    if fn is None:
+        reason = "canbench.evaluation.suites.run_suites is not available in this checkout"
+        return {s: {"state": "skipped", "reason": reason} for s in suites}
+    results = fn(run_dir, list(suites))
+    out: dict[str, Any] = {}
+    for s in suites:
+        rec = results.get(s) if isinstance(results, dict) else None
+        entry: dict[str, Any] = {"state": "done"}
+        if isinstance(rec, dict):
+            for k in ("path", "skipped"):
+                if k in rec:
+                    entry[k] = str(rec[k]) if k == "path" else rec[k]
+            metrics = rec.get("metrics")
+            if isinstance(metrics, dict):
+                entry["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        out[s] = entry
+    return out
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """Train (resuming) and evaluate one run folder; picklable, holds no live state across requeues."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = str(Path(run_dir).resolve())
+        self._trainer = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir}  # never pickle the live trainer into the requeue pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.run_dir = state["run_dir"]
+        self._trainer = None
+
+    def __repr__(self) -> str:
+        return f"RunJob({self.run_dir!r})"
+
+    def __call__(self) -> dict[str, Any]:
+        from canbench.methods.engine import Trainer
+
+        run_dir = Path(self.run_dir)
+        env = _job_env()
+        if env is not None and env.cluster != "debug" and not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _limit_threads()
+        cfg_dict = read_yaml(run_dir / CONFIG)
+        dist_env = set_distributed_env(env, salt=str(cfg_dict.get("extra", {}).get("run_id", "")))
+        is_main = dist_env["RANK"] == "0"
+        job_id = env.job_id if env is not None else None
+        if is_main:
+            self._mark_started(run_dir, env)
+        try:
+            cfg = config_from_dict(cfg_dict, validate_paths=True)
+            self._trainer = Trainer(cfg, run_dir)
+            summary = self._trainer.fit(resume=True)
+        except Exception as exc:
+            if is_main:  # the engine marks failures inside fit; this also covers set-up errors
+                st = read_status(run_dir)
+                if st.get("state") != "failed" or st.get("job_id") != job_id:
+                    update_status(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}",
+                                  traceback=traceback.format_exc(), job_id=job_id)
+            raise
+        finally:
+            _destroy_process_group()
+        if summary.get("state") == "stopped":  # stopped on request: a requeued job continues it
+            return {"run_dir": self.run_dir, "state": "stopped", "step": summary.get("step")}
+        self._trainer = None
+        result: dict[str, Any] = {"run_dir": self.run_dir, "state": "done", "final": summary.get("final", {})}
+        if not is_main:
+            return result
+        suites = list(cfg.extra.get("suites") or [])
+        if suites:
+            update_status(run_dir, "running", phase="eval")
+            try:
+                suite_state = run_suites_or_skip(run_dir, suites)
+            except Exception as exc:
+                update_status(run_dir, "failed", phase="eval", reason=f"evaluation failed: {type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc(), job_id=job_id)
+                raise
+            result["suites"] = suite_state
+            update_status(run_dir, "done", phase="finished", suites=suite_state, finished=time.time())
+        else:
+            update_status(run_dir, "done", phase="finished", finished=time.time())
+        return result
+
+    def _mark_started(self, run_dir: Path, env: submitit.JobEnvironment | None) -> None:
+        st = read_status(run_dir)
+        fields: dict[str, Any] = {"phase": "pretrain", "host": socket.gethostname(), "pid": os.getpid(),
+                                  "started": time.time(), "attempts": int(st.get("attempts", 0)) + 1}
+        if env is not None:
+            fields["job_id"] = env.job_id
+            try:
+                paths = env.paths
+                fields["log_out"], fields["log_err"] = str(paths.stdout), str(paths.stderr)
+                _link_logs(run_dir, [paths.stdout, paths.stderr])
+            except KeyError:  # no SUBMITIT_FOLDER (called in-process)
+                pass
+        update_status(run_dir, "running", **fields)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Save the live trainer's exact state (between steps) and hand submitit a fresh job to requeue."""
+        saved = save_if_ahead(self._trainer)
+        try:
+            update_status(self.run_dir, "pending", phase="requeued", requeued=time.time(),
+                          **({"step": saved} if saved is not None else {}))
+        except Exception:  # noqa: BLE001 - never block a requeue on bookkeeping
+            log.exception("could not record the requeue in %s", self.run_dir)
+        return submitit.helpers.DelayedSubmission(type(self)(self.run_dir), *args, **kwargs)
+
+
+def save_if_ahead(trainer) -> int | None:
+    """``trainer.save_checkpoint()`` when it has completed steps beyond the checkpoint on disk.
+
+    Before the first step of a (resumed) session the trainer's state may be half restored (model
+    loaded, RNG not yet), so it is never saved then: the checkpoint on disk already holds it.
+    """
+    if trainer is None or getattr(trainer, "model", None) is None or not hasattr(trainer, "info"):
+        return None
+    from canbench.methods import checkpoint as ckpt
+
+    path = ckpt.checkpoint_path(trainer.run_dir)
+    on_disk = 0
+    if path.is_file():
+        import torch
+
+        on_disk = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    if trainer.step <= on_disk:
+        return None
+    trainer.save_checkpoint()
+    log.info("checkpointed %s at step %d for the requeue", trainer.run_dir, trainer.step)
+    return int(trainer.step)
+
+
+def _limit_threads() -> None:
+    """No more torch threads than the CPUs SLURM gave each task (oversubscription is very slow)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        import torch
+
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), int(cpus))))
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _link_logs(run_dir: Path, paths: list[Path]) -> None:
+    """Symlinks in ``<run>/logs/`` to the scheduler's log files of this job."""
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    for p in paths:
+        link = logs / Path(p).name
+        try:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(Path(p).resolve())
+        except OSError:
+            pass
+
+
+class ChainJob(submitit.helpers.Checkpointable):
+    """Several runs, one after another, in one job (done runs are skipped; a failure does not stop the
+    chain on one process). Used by the local executor to bound how many runs train at once."""
+
+    def __init__(self, run_dirs: list[str | Path]) -> None:
+        self.run_dirs = [str(Path(d).resolve()) for d in run_dirs]
+        self._current: RunJob | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dirs": self.run_dirs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.run_dirs = state["run_dirs"]
+        self._current = None
+
+    def __call__(self) -> list[dict[str, Any]]:
+        results = []
+        multi = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
+        for d in self.run_dirs:
+            if read_status(d).get("state") == "done":
+                results.append({"run_dir": d, "state": "done", "skipped": True})
+                continue
+            self._current = RunJob(d)
+            try:
+                results.append(self._current())
+            except Exception as exc:
+                if multi:  # other ranks would wait for this one forever
+                    raise
+                results.append({"run_dir": d, "state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                self._current = None
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        if self._current is not None:
+            self._current.checkpoint()
+        remaining = [d for d in self.run_dirs if read_status(d).get("state") != "done"]
+        return submitit.helpers.DelayedSubmission(type(self)(remaining), *args, **kwargs)
+
+
+__all__ = ["ChainJob", "RunJob", "master_port", "run_suites_or_skip", "save_if_ahead", "set_distributed_env"]

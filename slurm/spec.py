@@ -1,0 +1,311 @@
+"""Grid spec files: structure, checks and resources (one YAML per paper table or figure).
+
+:func:`load_spec` parses a spec and checks its structure (keys, methods, suites, seeds, axis groups,
+scale profiles, resources); the values of config keys are checked when :mod:`.grid` expands it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from canbench.config import METHOD_NAMES, ConfigError, overrides_to_dict
+
+BENCHMARKS = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig7", "smoke")
+SUITES = ("linear", "knn", "fewshot", "finetune", "shift")
+SCALES = ("smoke", "small", "paper")
+SPECIAL_AXES = ("method", "preset", "variant")
+SPEC_KEYS = ("name", "description", "benchmark", "methods", "axes", "seeds", "suites", "eval", "names", "scales",
+             "notes")
+PROFILE_KEYS = ("preset", "presets", "overrides", "resources", "axis_values", "seeds", "suites", "eval", "notes")
+
+# Resources of a scale profile (and of `--set slurm.KEY=VALUE`), with their defaults.
+RESOURCE_DEFAULTS: dict[str, Any] = {
+    "nodes": 1,
+    "gpus_per_node": 0,
+    "tasks_per_node": None,  # None: gpus_per_node, or 1 without GPUs (one task per GPU)
+    "cpus_per_task": 2,
+    "mem_gb": None,
+    "timeout_min": 60,
+    "partition": None,
+    "account": None,
+    "qos": None,
+    "constraint": None,
+    "slurm_array_parallelism": 256,
+    "max_num_timeout": 3,  # requeues after a time-out (AutoExecutor(slurm_max_num_timeout=...))
+    "signal_delay_s": 90,  # USR2 this long before the time limit
+    "local_parallelism": 1,  # concurrent local jobs (--executor local)
+    "additional": None,  # extra sbatch flags, {flag: value}
+}
+_RESOURCE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "nodes": int, "gpus_per_node": int, "tasks_per_node": int, "cpus_per_task": int, "mem_gb": (int, float),
+    "timeout_min": int, "partition": str, "account": str, "qos": str, "constraint": str,
+    "slurm_array_parallelism": int, "max_num_timeout": int, "signal_delay_s": int, "local_parallelism": int,
+    "additional": dict,
+}
+RESOURCE_PREFIXES = ("slurm.", "resources.")
+
+
+class GridError(ConfigError):
+    """A grid spec (or one of its runs) is invalid; the message names the grid, run and key."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job of the grid asks the scheduler for."""
+
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def tasks_per_node(self) -> int:
+        t = self.values["tasks_per_node"]
+        return int(t) if t is not None else max(1, int(self.values["gpus_per_node"]))
+
+    @property
+    def world_size(self) -> int:
+        return int(self.values["nodes"]) * self.tasks_per_node
+
+
+@dataclass
+class GridSpec:
+    """A parsed grid YAML (not yet expanded)."""
+
+    name: str
+    description: str
+    benchmark: str
+    methods: list[str]
+    axes: list[dict[str, Any]]
+    seeds: list[int]
+    suites: list[str]
+    names: dict[str, str]
+    scales: dict[str, dict[str, Any]]
+    eval: dict[str, Any] = field(default_factory=dict)  # evaluation settings -> config.extra.eval
+    path: Path | None = None
+
+    def profile(self, scale: str) -> dict[str, Any]:
+        if scale not in self.scales:
+            raise GridError(f"grid {self.name!r} has no scale {scale!r} (it has: {', '.join(self.scales)})")
+        return self.scales[scale]
+
+    def resources(self, scale: str, overrides: dict[str, Any] | None = None) -> Resources:
+        """The scale profile's resources with defaults filled in and ``overrides`` applied."""
+        res = dict(RESOURCE_DEFAULTS)
+        for src, where in ((self.profile(scale).get("resources") or {}, f"scales.{scale}.resources"),
+                           (overrides or {}, "--set slurm.")):
+            for k, v in src.items():
+                if k not in RESOURCE_DEFAULTS:
+                    raise GridError(f"grid {self.name!r}: unknown resource {k!r} in {where}"
+                                    f"{closest(k, RESOURCE_DEFAULTS)}")
+                if isinstance(v, bool) or (v is not None and not isinstance(v, _RESOURCE_TYPES[k])):
+                    raise GridError(f"grid {self.name!r}: resource {k}={v!r} in {where} must be "
+                                    f"{getattr(_RESOURCE_TYPES[k], '__name__', _RESOURCE_TYPES[k])}")
+                res[k] = v
+        for k in ("nodes", "cpus_per_task", "timeout_min", "slurm_array_parallelism", "local_parallelism"):
+            if res[k] is not None and res[k] < 1:
+                raise GridError(f"grid {self.name!r}: resource {k}={res[k]} must be >= 1")
+        if res["tasks_per_node"] is not None and res["tasks_per_node"] < 1:
+            raise GridError(f"grid {self.name!r}: resource tasks_per_node={res['tasks_per_node']} must be >= 1")
+        return Resources(res)
+
+
+def closest(key: str, options) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else \
+        f" (valid: {', '.join(sorted(options))})"
+
+
+def _as_list(value: Any, what: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise GridError(f"{what} must be a non-empty list, got {value!r}")
+    return value
+
+
+def check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
+    if not isinstance(d, dict):
+        raise GridError(f"{where} must be a mapping, got {d!r}")
+    for k in d:
+        if k not in allowed:
+            raise GridError(f"{where}: unknown key {k!r}{closest(str(k), allowed)}")
+    return d
+
+
+def load_spec(path: str | Path) -> GridSpec:
+    """Parse and structurally check a grid YAML (yaml.safe_load)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"grid spec not found: {p}")
+    with open(p) as f:
+        raw = yaml.safe_load(f) or {}
+    spec = parse_spec(raw, where=str(p))
+    spec.path = p
+    return spec
+
+
+def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
+    """Check a spec mapping's structure; values of config keys are checked by :func:`expand`."""
+    check_keys(raw, SPEC_KEYS, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise GridError(f"{where}: 'name' must be a word of letters, digits, '_', '.', '-', got {name!r}")
+    where = f"grid {name!r}"
+    bench = raw.get("benchmark")
+    if bench not in BENCHMARKS:
+        raise GridError(f"{where}: benchmark={bench!r} is not one of {', '.join(BENCHMARKS)}")
+    axes = _parse_axes(raw.get("axes") or [], where)
+    axis_keys = group_keys({"union": axes}) if axes else set()
+    methods = raw.get("methods")
+    if "method" in axis_keys:
+        if methods is not None:
+            raise GridError(f"{where}: give the methods either as 'methods' or as the 'method' axis, not both")
+        methods = []
+    else:
+        methods = _as_list(methods, f"{where}: methods")
+        for m in methods:
+            if m not in METHOD_NAMES:
+                raise GridError(f"{where}: unknown method {m!r}{closest(str(m), METHOD_NAMES)}")
+    seeds = _seeds(raw.get("seeds", [0]), f"{where}: seeds")
+    suites = _suites(raw.get("suites", []), f"{where}: suites")
+    names = raw.get("names") or {}
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise GridError(f"{where}: names must map axis keys to short labels")
+    for k in names:
+        if k not in axis_keys:
+            raise GridError(f"{where}: names has {k!r}, which is not an axis{closest(str(k), axis_keys)}")
+    scales = check_keys(raw.get("scales") or {}, SCALES, f"{where}: scales")
+    if not scales:
+        raise GridError(f"{where}: needs at least one scale profile ({', '.join(SCALES)})")
+    for scale, prof in scales.items():
+        pw = f"{where}: scales.{scale}"
+        check_keys(prof, PROFILE_KEYS, pw)
+        if "preset" not in prof and "preset" not in axis_keys:
+            raise GridError(f"{pw}: needs a 'preset'")
+        if "overrides" in prof and not isinstance(prof["overrides"], dict):
+            raise GridError(f"{pw}.overrides must map config keys to values")
+        if "presets" in prof and not isinstance(prof["presets"], dict):
+            raise GridError(f"{pw}.presets must map preset aliases to preset names")
+        if "resources" in prof and not isinstance(prof["resources"], dict):
+            raise GridError(f"{pw}.resources must be a mapping")
+        for k, vals in (prof.get("axis_values") or {}).items():
+            if k not in axis_keys:
+                raise GridError(f"{pw}.axis_values: {k!r} is not an axis of the grid{closest(str(k), axis_keys)}")
+            _as_list(vals, f"{pw}.axis_values.{k}")
+        if "seeds" in prof:
+            _seeds(prof["seeds"], f"{pw}.seeds")
+        if "suites" in prof:
+            _suites(prof["suites"], f"{pw}.suites")
+    for where_eval, ev in [(where, raw.get("eval"))] + [(f"{where}: scales.{k}", p.get("eval"))
+                                                       for k, p in scales.items()]:
+        if ev is not None and not isinstance(ev, dict):
+            raise GridError(f"{where_eval}: eval must map evaluation settings (e.g. linear.epochs) to values")
+    spec = GridSpec(name=name, description=str(raw.get("description", "")), benchmark=bench, methods=methods,
+                    axes=axes, seeds=seeds, suites=suites, names=dict(names), scales=scales,
+                    eval=dict(raw.get("eval") or {}))
+    for scale in scales:
+        spec.resources(scale)  # resource keys and types are checked for every scale
+    return spec
+
+
+def _seeds(v: Any, where: str) -> list[int]:
+    v = _as_list(v, where)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v) or len(set(v)) != len(v):
+        raise GridError(f"{where} must be distinct non-negative integers, got {v!r}")
+    return list(v)
+
+
+def _suites(v: Any, where: str) -> list[str]:
+    if not isinstance(v, list):
+        raise GridError(f"{where} must be a list of suite names ({', '.join(SUITES)})")
+    for s in v:
+        if s not in SUITES:
+            raise GridError(f"{where}: unknown evaluation suite {s!r}{closest(str(s), SUITES)}")
+    return list(v)
+
+
+def _parse_axes(axes: Any, where: str) -> list[dict[str, Any]]:
+    """Axes as a list of groups; a bare mapping is shorthand for one product group."""
+    if isinstance(axes, dict):
+        axes = [{"product": axes}] if not set(axes) & {"product", "zip", "union"} else [axes]
+    if not isinstance(axes, list):
+        raise GridError(f"{where}: axes must be a list of groups (product / zip / union)")
+    return [_parse_group(g, f"{where}: axes[{i}]") for i, g in enumerate(axes)]
+
+
+def _parse_group(g: Any, where: str) -> dict[str, Any]:
+    if not isinstance(g, dict) or len(g) != 1 or next(iter(g)) not in ("product", "zip", "union"):
+        raise GridError(f"{where} must be one of {{product: {{key: [values]}}}}, {{zip: {{key: [values]}}}}, "
+                        f"{{union: [groups]}}; got {g!r}")
+    kind, body = next(iter(g.items()))
+    if kind == "union":
+        return {"union": [_parse_group(x, f"{where}.union[{i}]") for i, x in enumerate(_as_list(body, where))]}
+    if not isinstance(body, dict) or not body:
+        raise GridError(f"{where}.{kind} must map axis keys to lists of values")
+    for k, vals in body.items():
+        _as_list(vals, f"{where}.{kind}.{k}")
+    if kind == "zip" and len({len(v) for v in body.values()}) != 1:
+        raise GridError(f"{where}.zip: all lists must have the same length, got "
+                        + ", ".join(f"{k}: {len(v)}" for k, v in body.items()))
+    return {kind: {str(k): list(v) for k, v in body.items()}}
+
+
+def group_keys(g: dict[str, Any]) -> set[str]:
+    kind, body = next(iter(g.items()))
+    if kind == "union":
+        return set().union(*(group_keys(x) for x in body))
+    return set(body)
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (nested mappings are kept and merged)."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        node = out
+        parts = str(k).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {k!r} conflicts with an earlier value of {part!r}")
+        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
+            deep_merge(node[parts[-1]], v)
+        else:
+            node[parts[-1]] = copy.deepcopy(v)
+    return out
+
+
+def deep_merge(dst: dict, src: dict) -> dict:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            deep_merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """``--set`` items -> (config overrides, resource overrides from ``slurm.KEY=VALUE``)."""
+    cfg_items, res = [], {}
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        prefix = next((p for p in RESOURCE_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            cfg_items.append(text)
+            continue
+        value = overrides_to_dict([text])
+        for part in prefix.rstrip(".").split("."):
+            value = value[part]
+        res.update(value)
+    return cfg_items, res
+
+
+__all__ = ["BENCHMARKS", "GridError", "GridSpec", "PROFILE_KEYS", "RESOURCE_DEFAULTS", "RESOURCE_PREFIXES",
+           "Resources", "SCALES", "SPECIAL_AXES", "SPEC_KEYS", "SUITES", "check_keys", "closest", "deep_merge",
+           "group_keys", "load_spec", "nest", "parse_spec", "split_overrides"]
