@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,16 @@ class Trainer:
         from canbench.methods.data.datasets import build_dataset
 
         d, mo = self.cfg.data, self.cfg.model
-        self.dataset = build_dataset(d.dataset, root=d.root, split=d.split, img_size=mo.img_size,
-                                     size=d.builtin_size, seed=self.cfg.train.seed)
+        builtin_kw = {"size": d.builtin_size, "seed": self.cfg.train.seed} if d.dataset == "builtin" else {}
+        self.jpeg_files = None
+        if d.gpu_augment and d.dataset in ("imagefolder", "imagenet"):
+            # fast path: workers read JPEG bytes + draw parameters; decode/crop/augment on the device
+            from canbench.methods.data.gpu_pipeline import imagefolder_files
+
+            self.jpeg_files, _ = imagefolder_files(d.root, d.split)
+            self.dataset = self.jpeg_files
+        else:
+            self.dataset = build_dataset(d.dataset, root=d.root, split=d.split, img_size=mo.img_size, **builtin_kw)
         self.aug = ViewAugConfig(img_size=mo.img_size, kind=d.augment, crop_scale=(d.crop_min_scale, 1.0),
                                  jitter_strength=d.color_jitter_strength, blur_kernel_frac=d.blur_kernel_frac)
         if d.augment == "mae":
@@ -127,15 +136,33 @@ class Trainer:
         from canbench.methods.data.loader import build_pretrain_loader
 
         d = self.cfg.data
-        loader = build_pretrain_loader(
-            self.dataset, self.aug, num_views=self.views, seed=self.cfg.train.seed,
-            global_batch=self.cfg.optim.batch_size, start_step=start_step, total_steps=total_steps,
-            rank=self.dist.rank, world_size=self.dist.world_size, num_workers=d.num_workers,
-            pin_memory=d.pin_memory and self.device.type == "cuda", persistent_workers=d.persistent_workers,
-            prefetch_factor=d.prefetch_factor)
+        kw = dict(num_views=self.views, seed=self.cfg.train.seed, global_batch=self.cfg.optim.batch_size,
+                  start_step=start_step, total_steps=total_steps, rank=self.dist.rank,
+                  world_size=self.dist.world_size, num_workers=d.num_workers,
+                  pin_memory=d.pin_memory and self.device.type == "cuda", persistent_workers=d.persistent_workers,
+                  prefetch_factor=d.prefetch_factor)
+        if self.jpeg_files is not None:
+            from canbench.methods.data.gpu_pipeline import build_jpeg_pretrain_loader
+
+            loader = build_jpeg_pretrain_loader(self.jpeg_files, self.aug, **kw)
+        else:
+            loader = build_pretrain_loader(self.dataset, self.aug, **kw)
         if d.num_workers > 0:
             loader.worker_init_fn = _ignore_requeue_signals
         return loader
+
+    def _model_inputs(self, loader) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches as model inputs {"views": (V, N, 3, S, S), "seed": (N,)} on the device."""
+        from canbench.methods.data.loader import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+
+        if self.jpeg_files is not None:
+            from canbench.methods.data.gpu_pipeline import prefetch_to_device
+
+            yield from prefetch_to_device(iter(loader), self.aug, self.device)
+            return
+        for batch in loader:
+            yield {"views": to_model_input(batch, self.aug, self.device, IMAGENET_MEAN, IMAGENET_STD),
+                   "seed": batch["seed"].to(self.device, non_blocking=True)}
 
     def _build_model(self) -> None:
         torch.manual_seed(self.cfg.train.seed)  # parameter init is a function of the seed alone
@@ -224,10 +251,9 @@ class Trainer:
 
     def _loop(self) -> None:
         cfg, info = self.cfg, self.info
-        from canbench.methods.data.loader import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-
         loader = self._loader(self.step, info.total_steps)
         batches = iter(loader)  # created before the RNG is (re)set: worker seeding draws from it
+        inputs = self._model_inputs(batches)
         if self._rng_to_restore is not None:
             checkpoint.set_rng_state(self._rng_to_restore)
         else:
@@ -239,14 +265,13 @@ class Trainer:
         bar = _progress(info.total_steps, self.step) if self.dist.is_main else None
         tb = _tensorboard(self.run_dir) if self.dist.is_main else None
         while self.step < info.total_steps and not self._stop_requested:
-            batch = next(batches)
+            batch = next(inputs)
             with defer_signals():
                 lr = warmup_cosine(self.step, info.total_steps, info.warmup_steps, info.lr,
                                    cfg.optim.min_lr * cfg.optim.batch_size / 256)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                views = to_model_input(batch, self.aug, self.device, IMAGENET_MEAN, IMAGENET_STD)
-                seeds = batch["seed"].to(self.device, non_blocking=True)
+                views, seeds = batch["views"], batch["seed"]
                 n = seeds.shape[0]
                 chunk = n // accum
                 for i in range(accum):

@@ -1,0 +1,409 @@
+"""Training-step throughput: images/s, step time, MFU and peak memory, model-only or end to end.
+
+What is timed is the engine's step (:mod:`canbench.methods.engine`): forward under autocast (bf16 on
+GPU, none = fp32 on CPU, ``train.precision`` overrides), backward, AdamW (fused on CUDA, as the engine
+builds it with :func:`~canbench.methods.engine.param_groups`), ``zero_grad(set_to_none=True)``.
+
+Data modes (``ThroughputOptions.data``):
+
+* ``synthetic``: model step only. Views and per-step seeds are created on the device before timing;
+  nothing crosses the host boundary inside the timed loop.
+* ``builtin`` / ``jpeg:/path``: end to end through the engine's pipeline (``build_dataset``,
+  ``build_pretrain_loader`` with CPU workers, ``to_model_input`` on the device).
+* ``jpeg-gpu:/path``: end to end through :mod:`canbench.methods.data.gpu_pipeline` (workers read JPEG
+  bytes and sample crop/photometric parameters; decode, crop, resize and photometric ops run batched
+  on the device).
+
+Timing: ``warmup`` untimed steps (they also absorb ``torch.compile``), then ``steps`` timed steps. On
+CUDA each step is bracketed by CUDA events and the host synchronises once, after the last step; on
+CPU ``time.perf_counter`` brackets each step (CPU execution is synchronous). ``img_per_s`` is
+``batch / median step time`` (the ANCHORS.md convention); ``img_per_s_wall`` is images over the wall
+time of the whole timed loop. MFU = counted train FLOPs per image (:mod:`.flops`) x img/s / the
+measured bf16 matmul peak (:func:`.hardware.measure_matmul_peak`); it is not reported on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from canbench.config import Config, ConfigError, validate
+
+log = logging.getLogger("canbench.benchmarks.throughput")
+
+DATA_KINDS = ("synthetic", "builtin", "jpeg", "jpeg-gpu")
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class ThroughputOptions:
+    """What to time; ``None`` fields take device-dependent defaults (see :func:`resolve_options`)."""
+
+    batch: int | None = None  # images per step (default: 128 on CUDA, 64 on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    steps: int = 10
+    warmup: int = 3
+    data: str = "synthetic"  # synthetic | builtin | jpeg:/path | jpeg-gpu:/path
+    workers: int | None = None  # DataLoader workers for end-to-end modes (default data.num_workers)
+    peak_flops: float | None = None  # MFU denominator, FLOP/s (None: measured on CUDA)
+    resize: str = "interpolate"  # jpeg-gpu crop+resize: interpolate (reference filter) | roi_align
+    data_only: bool = False  # time the input stream alone (no model step): can the pipeline feed the step?
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r} is not one of 'auto', 'cpu', 'cuda'")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"batch={self.batch} must be >= 1")
+        if self.steps < 1:
+            raise ConfigError(f"steps={self.steps} must be >= 1")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup={self.warmup} must be >= 0")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers={self.workers} must be >= 0")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ConfigError(f"peak_flops={self.peak_flops} must be > 0")
+        parse_data_spec(self.data)
+        if self.resize not in ("interpolate", "roi_align"):
+            raise ConfigError(f"resize={self.resize!r} is not one of 'interpolate', 'roi_align'")
+        if self.data_only and self.data == "synthetic":
+            raise ConfigError("data_only=True times the data pipeline: pass data=builtin, jpeg:/path or jpeg-gpu:/path")
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """``"jpeg:/data/train"`` -> ``("jpeg", "/data/train")``; ``"synthetic"`` -> ``("synthetic", None)``."""
+    kind, _, path = spec.partition(":")
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"data={spec!r}: unknown kind {kind!r} (choose from synthetic, builtin, "
+                          "jpeg:/path, jpeg-gpu:/path)")
+    if kind in ("jpeg", "jpeg-gpu"):
+        if not path:
+            raise ConfigError(f"data={spec!r} needs a folder: {kind}:/path/to/train (an ImageFolder of JPEGs)")
+        if not Path(path).is_dir():
+            raise ConfigError(f"data={spec!r}: {path!r} is not a directory")
+        return kind, path
+    if path:
+        raise ConfigError(f"data={spec!r}: {kind} takes no path")
+    return kind, None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is an error naming the value."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available (use --device cpu)")
+    return dev
+
+
+def resolve_options(opts: ThroughputOptions, device: torch.device) -> ThroughputOptions:
+    """Fill the device-dependent defaults (batch)."""
+    out = copy.copy(opts)
+    if out.batch is None:
+        out.batch = 128 if device.type == "cuda" else 64
+    return out
+
+
+def bench_config(cfg: Config, opts: ThroughputOptions, device: torch.device) -> Config:
+    """A copy of ``cfg`` with the benchmark's batch, device and compile flag, validated."""
+    cfg = copy.deepcopy(cfg)
+    cfg.optim.batch_size = int(opts.batch)
+    cfg.optim.accum_steps = 1
+    cfg.train.device = device.type
+    cfg.train.compile = bool(opts.compile)
+    if opts.workers is not None:
+        cfg.data.num_workers = opts.workers
+    validate(cfg, check_paths=False)
+    return cfg
+
+
+# ---- the step ------------------------------------------------------------------------------------
+
+
+class TrainStep:
+    """The engine's training step for one method on one device (no logging, no checkpoints).
+
+    Built like :class:`canbench.methods.engine.Trainer` builds it: seeded init, AdamW over
+    ``param_groups`` (fused on CUDA), GradScaler for fp16 only, optional ``torch.compile``.
+    ``__call__`` enqueues one step and returns without synchronising the host.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        from canbench.methods import build_method
+        from canbench.methods.engine import autocast_dtype, param_groups
+
+        torch.manual_seed(cfg.train.seed)
+        self.device = device
+        self.method = build_method(cfg).to(device)
+        self.amp_dtype = autocast_dtype(cfg, device)
+        self.lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.method, cfg.optim.weight_decay), lr=self.lr, betas=tuple(cfg.optim.betas),
+            **({"fused": True} if device.type == "cuda" else {}))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.model: nn.Module = torch.compile(self.method) if cfg.train.compile else self.method
+        self.model.train()
+        self.clip_grad = cfg.optim.clip_grad
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def __call__(self, batch: Batch) -> None:
+        for g in self.optimizer.param_groups:  # the engine sets the scheduled lr each step
+            g["lr"] = self.lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = self.model(batch)
+        loss = out["loss"]
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_grad:
+            nn.utils.clip_grad_norm_(self.method.parameters(), self.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+
+def synthetic_inputs(cfg: Config, batch: int, total_steps: int, device: torch.device) -> Iterator[Batch]:
+    """Model-only inputs, made on the device up front: fixed normalised views, fresh seeds per step."""
+    from canbench.methods import num_views
+
+    s = cfg.model.img_size
+    g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+    views = torch.randn(num_views(cfg.method.name), batch, 3, s, s, generator=g).to(device)
+    seeds = torch.arange(total_steps * batch, dtype=torch.int64).view(total_steps, batch).to(device)
+    for i in range(total_steps):
+        yield {"views": views, "seed": seeds[i]}  # indexing a device tensor: no host sync
+
+
+def _engine_aug(cfg: Config):
+    """The engine's view augmentation config (same rules as ``Trainer._build_data``)."""
+    from canbench.methods.data.augment import ViewAugConfig
+
+    d, mo = cfg.data, cfg.model
+    aug = ViewAugConfig(img_size=mo.img_size, kind=d.augment, crop_scale=(d.crop_min_scale, 1.0),
+                        jitter_strength=d.color_jitter_strength, blur_kernel_frac=d.blur_kernel_frac)
+    if d.augment == "mae":
+        aug.crop_scale = (max(d.crop_min_scale, 0.2), 1.0) if d.crop_min_scale == 0.08 else (d.crop_min_scale, 1.0)
+    return aug
+
+
+def pipeline_inputs(cfg: Config, kind: str, path: str | None, total_steps: int,
+                    device: torch.device) -> Iterator[Batch]:
+    """End-to-end inputs through the engine's data pipeline (CPU workers, ``to_model_input``)."""
+    from canbench.methods import num_views
+    from canbench.methods.data.datasets import build_dataset
+    from canbench.methods.data.loader import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, to_model_input
+
+    d, mo = cfg.data, cfg.model
+    if kind == "builtin":
+        dataset = build_dataset("builtin", split=d.split, img_size=mo.img_size, size=d.builtin_size,
+                                seed=cfg.train.seed)
+    else:  # an ImageFolder of JPEGs, decoded by the reference pipeline in the workers
+        dataset = build_dataset("imagefolder", root=path, split=d.split, img_size=mo.img_size)
+    aug = _engine_aug(cfg)
+    loader = build_pretrain_loader(
+        dataset, aug, num_views=num_views(cfg.method.name), seed=cfg.train.seed,
+        global_batch=cfg.optim.batch_size, start_step=0, total_steps=total_steps, rank=0, world_size=1,
+        num_workers=d.num_workers, pin_memory=d.pin_memory and device.type == "cuda",
+        persistent_workers=d.persistent_workers and d.num_workers > 0, prefetch_factor=d.prefetch_factor)
+    for batch in loader:
+        views = to_model_input(batch, aug, device, IMAGENET_MEAN, IMAGENET_STD)
+        yield {"views": views, "seed": batch["seed"].to(device, non_blocking=True)}
+
+
+def gpu_jpeg_inputs(cfg: Config, path: str, total_steps: int, device: torch.device,
+                    resize: str = "interpolate") -> Iterator[Batch]:
+    """End-to-end inputs through the JPEG fast path (decode + augment on ``device``)."""
+    from canbench.methods import num_views
+    from canbench.methods.data.gpu_pipeline import build_jpeg_loader
+
+    aug = _engine_aug(cfg)
+    loader = build_jpeg_loader(path, aug, num_views=num_views(cfg.method.name), seed=cfg.train.seed,
+                               global_batch=cfg.optim.batch_size, total_steps=total_steps,
+                               num_workers=cfg.data.num_workers, device=device,
+                               prefetch_factor=cfg.data.prefetch_factor, resize=resize)
+    yield from loader
+
+
+def make_inputs(cfg: Config, data: str, total_steps: int, device: torch.device,
+                resize: str = "interpolate") -> Iterator[Batch]:
+    """The input stream for ``data`` (see :data:`DATA_KINDS`)."""
+    kind, path = parse_data_spec(data)
+    if kind == "synthetic":
+        return synthetic_inputs(cfg, cfg.optim.batch_size, total_steps, device)
+    if kind == "jpeg-gpu":
+        return gpu_jpeg_inputs(cfg, path, total_steps, device, resize)
+    return pipeline_inputs(cfg, kind, path, total_steps, device)
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+
+def time_steps(step: Callable[[Batch], None], inputs: Iterator[Batch], steps: int, warmup: int,
+               device: torch.device) -> tuple[list[float], float]:
+    """Run ``warmup`` then ``steps`` steps; returns (per-step seconds of the timed steps, wall seconds).
+
+    The input fetch of a step is inside its timed bracket (end-to-end modes include the pipeline).
+    CUDA: events around each step, one ``synchronize`` after the last; no host sync in between.
+    """
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        step(next(inputs))
+    if cuda:
+        torch.cuda.synchronize(device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+    times: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(steps):
+        if cuda:
+            starts[i].record()
+            step(next(inputs))
+            ends[i].record()
+        else:
+            t = time.perf_counter()
+            step(next(inputs))
+            times.append(time.perf_counter() - t)
+    if cuda:
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+    return times, time.perf_counter() - t0
+
+
+def _no_step(batch: Batch) -> None:
+    """The step of a data-only run: the batch is produced (and on CUDA enqueued), nothing else."""
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
+                     peak_flops: float | None) -> dict[str, Any]:
+    """Time one method's training step; returns one result row (see module docstring for fields)."""
+    from canbench.benchmarks.flops import count_method_flops
+    from canbench.methods import num_views
+
+    opts = resolve_options(opts, device)
+    cfg = bench_config(cfg, opts, device)
+    flops = count_method_flops(cfg)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    step: Callable[[Batch], None] = _no_step if opts.data_only else TrainStep(cfg, device)
+    inputs = make_inputs(cfg, opts.data, opts.warmup + opts.steps, device, opts.resize)
+    times, wall = time_steps(step, inputs, opts.steps, opts.warmup, device)
+    median = statistics.median(times)
+    img_s = opts.batch / median
+    achieved = flops["train"] * img_s
+    row: dict[str, Any] = {
+        "method": cfg.method.name, "arch": cfg.model.arch, "img_size": cfg.model.img_size,
+        "patch_size": cfg.model.patch_size, "views": num_views(cfg.method.name), "batch": opts.batch,
+        "device": str(device), "precision": "-" if opts.data_only else step.precision,
+        "compile": bool(opts.compile) and not opts.data_only, "data": opts.data, "data_only": opts.data_only,
+        "workers": cfg.data.num_workers if opts.data != "synthetic" else 0,
+        "steps": opts.steps, "warmup": opts.warmup,
+        "img_per_s": img_s, "img_per_s_wall": opts.batch * opts.steps / wall,
+        "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
+        "fwd_gflop_per_img": flops["forward"] / 1e9, "train_gflop_per_img": flops["train"] / 1e9,
+        "achieved_gflop_per_s": None if opts.data_only else achieved / 1e9,
+    }
+    if device.type == "cuda":
+        row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        row["peak_mem_kind"] = "torch.cuda.max_memory_allocated"
+        if peak_flops and not opts.data_only:
+            row["mfu"] = achieved / peak_flops
+    else:  # MFU is omitted on CPU: there is no meaningful bf16 matmul peak to divide by
+        row["peak_mem_bytes"] = _peak_rss_bytes()
+        row["peak_mem_kind"] = "process max RSS"
+    del step, inputs
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_throughput_suite(cfgs: dict[str, Config], opts: ThroughputOptions) -> dict[str, Any]:
+    """Benchmark every config in ``cfgs`` (method -> Config) on one device; returns the full report."""
+    from canbench.benchmarks.hardware import describe_hardware, measure_matmul_peak
+
+    device = resolve_device(opts.device)
+    opts = resolve_options(opts, device)
+    hw = describe_hardware(device)
+    peak = opts.peak_flops
+    peak_source = "given" if peak else None
+    if peak is None and device.type == "cuda":
+        peak = measure_matmul_peak(device, n=8192, dtype=torch.bfloat16)
+        peak_source = "measured 8192^3 bf16 matmul"
+    rows = []
+    for name, cfg in cfgs.items():
+        log.info("throughput: %s %s batch %d on %s (%s)", name, cfg.model.arch, opts.batch, device, opts.data)
+        rows.append(benchmark_method(cfg, opts, device, peak if device.type == "cuda" else None))
+    ref = next((r for r in rows if r["method"] == "can"), None)
+    for r in rows:
+        r["img_per_s_ratio_to_can"] = r["img_per_s"] / ref["img_per_s"] if ref else None
+    return {"hardware": hw, "options": asdict(opts), "peak_flops": peak if device.type == "cuda" else None,
+            "peak_flops_source": peak_source if device.type == "cuda" else None, "rows": rows}
+
+
+def _mem(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2 ** 30:.2f} GiB"
+
+
+def format_throughput_table(report: dict[str, Any]) -> str:
+    """The ``canbench throughput`` table plus a hardware line and the MFU denominator."""
+    from canbench.benchmarks.hardware import hardware_line
+
+    rows = report["rows"]
+    cpu = str(report["hardware"].get("device", "cpu")).startswith("cpu")
+    head = ["method", "arch", "img", "batch", "prec", "compile", "data", "img/s", "img/s wall", "step ms",
+            "train GFLOP/img", "GFLOP/s" if cpu else "TFLOP/s", "MFU", "peak mem"]
+    body = []
+    for r in rows:
+        rate = r["achieved_gflop_per_s"]
+        rate_text = "-" if rate is None else f"{rate:.1f}" if cpu else f"{rate / 1e3:.1f}"
+        body.append([r["method"], r["arch"], f"{r['img_size']}/{r['patch_size']}", str(r["batch"]), r["precision"],
+                     "yes" if r["compile"] else "no", r["data"], f"{r['img_per_s']:.1f}",
+                     f"{r['img_per_s_wall']:.1f}", f"{r['step_ms_median']:.1f}", f"{r['train_gflop_per_img']:.2f}",
+                     rate_text,
+                     f"{r['mfu']:.3f}" if "mfu" in r else "-", _mem(r.get("peak_mem_bytes"))])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [head, *body]]
+    lines.append(f"hardware: {hardware_line(report['hardware'])}")
+    if report.get("peak_flops"):
+        lines.append(f"MFU denominator: {report['peak_flops'] / 1e12:.1f} TFLOP/s ({report['peak_flops_source']})")
+    else:
+        lines.append("MFU: not reported on CPU (achieved GFLOP/s shown instead); peak mem = process max RSS")
+    if rows and rows[0]["data"] == "synthetic":
+        lines.append("img/s = batch / median step time (model step only: inputs already on the device)")
+    elif rows and rows[0].get("data_only"):
+        lines.append("data only: the input pipeline without a model step (FLOP columns do not apply)")
+    return "\n".join(lines)
+
+
+__all__ = ["DATA_KINDS", "ThroughputOptions", "TrainStep", "benchmark_method", "format_throughput_table",
+           "make_inputs", "parse_data_spec", "resolve_device", "run_throughput_suite", "synthetic_inputs",
+           "time_steps"]
