@@ -78,8 +78,13 @@ def run_knn(encoder: torch.nn.Module, train_ds: Any, val_ds: Any, *, img_size: i
             device: torch.device | str = "cpu", k: int = 20, temperature: float = 0.07,
             batch_size: int = 256, num_workers: int = 0, crop_pct: float = DEFAULT_CROP_PCT,
             mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-            num_classes: int | None = None, dataset: str | None = None) -> dict[str, Any]:
-    """kNN suite: extract features of both splits (eval transform), classify; metrics + fingerprint fields."""
+            num_classes: int | None = None, dataset: str | None = None,
+            features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """kNN suite: extract features of both splits (eval transform), classify; metrics + fingerprint fields.
+
+    ``features``: ``{"train": (feats, labels), "val": ...}`` already extracted with this eval transform
+    (e.g. shared with the cached-features linear probe); those splits are not extracted again.
+    """
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from canbench.evaluation.features import encoder_pooling
@@ -88,8 +93,10 @@ def run_knn(encoder: torch.nn.Module, train_ds: Any, val_ds: Any, *, img_size: i
     mean = tuple(mean or IMAGENET_DEFAULT_MEAN)
     std = tuple(std or IMAGENET_DEFAULT_STD)
     tf = eval_transform(img_size, crop_pct, mean, std)
-    feats = {}
+    feats = dict(features or {})
     for split, ds in (("train", train_ds), ("val", val_ds)):
+        if split in feats:
+            continue
         loader = make_eval_loader(TransformedDataset(ds, tf), batch_size, num_workers)
         feats[split] = extract_features(encoder, loader, device)
     metrics = knn_classifier(*feats["train"], *feats["val"], num_classes=num_classes, k=k,

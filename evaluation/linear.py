@@ -268,14 +268,16 @@ def _full_mode(encoder: nn.Module, train_ds: Any, val: tuple[torch.Tensor, torch
 
 
 def _probe(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeConfig, device: torch.device,
-           num_classes: int | None) -> dict[str, Any]:
+           num_classes: int | None, features: dict[str, Any] | None = None) -> dict[str, Any]:
     """Extract validation (and, cached mode, training) features; train and evaluate the head."""
     tf = eval_transform(cfg.img_size, cfg.crop_pct, cfg.mean, cfg.std)
-    val = extract_features(encoder, make_eval_loader(TransformedDataset(val_ds, tf), cfg.eval_batch_size,
-                                                     cfg.num_workers), device)
+    features = features or {}
+    val = features.get("val") or extract_features(
+        encoder, make_eval_loader(TransformedDataset(val_ds, tf), cfg.eval_batch_size, cfg.num_workers), device)
     if cfg.mode == "cached_features":
-        train = extract_features(encoder, make_eval_loader(TransformedDataset(train_ds, tf), cfg.eval_batch_size,
-                                                           cfg.num_workers), device)
+        train = features.get("train") or extract_features(
+            encoder, make_eval_loader(TransformedDataset(train_ds, tf), cfg.eval_batch_size, cfg.num_workers),
+            device)
         if num_classes is None:
             num_classes = int(max(int(train[1].max()), int(val[1].max()))) + 1
         out = linear_probe_on_features(*train, *val, cfg, num_classes, device)
@@ -291,10 +293,13 @@ def _probe(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeConfi
 
 def run_linear(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeConfig,
                device: torch.device | str = "cpu", num_classes: int | None = None,
-               dataset: str | None = None) -> dict[str, Any]:
+               dataset: str | None = None,
+               features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Linear-probe suite: ``{"metrics", "history", "fingerprint_fields"}`` (accuracies in percent).
 
     The encoder is frozen (``requires_grad`` off) for the run and its flags restored afterwards.
+    ``features``: ``{"train": (feats, labels), "val": ...}`` already extracted with the eval transform
+    of ``cfg`` (train is used in ``cached_features`` mode only); those splits are not extracted again.
     """
     from canbench.evaluation.results import resize_crop_rule, suite_fingerprint_fields
 
@@ -304,7 +309,7 @@ def run_linear(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeC
     for p in encoder.parameters():  # frozen for the probe; restored afterwards
         p.requires_grad_(False)
     try:
-        out = _probe(encoder, train_ds, val_ds, cfg, device, num_classes)
+        out = _probe(encoder, train_ds, val_ds, cfg, device, num_classes, features)
     finally:
         for p, f in zip(encoder.parameters(), flags):
             p.requires_grad_(f)
