@@ -40,12 +40,37 @@ EVAL_OVERRIDES = ["fewshot.datasets=[builtin_heldout]", "fewshot.shots=[5,10]"]
 log = logging.getLogger("bench_eval_builtin")
 
 
-def pretrained_run(runs_dir: Path, method: str, preset: str, overrides: list[str]) -> tuple[Path, float | None]:
-    """``<runs_dir>/<method>``: reused when it holds a finished checkpoint, else pretrained now."""
+COMPARED = ("model", "method", "data", "optim")  # config sections a reused run must match
+
+
+def config_diff(run: Path, method: str, preset: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
+    """Keys of the model / method / data / optim sections where the run's config.yaml differs from the request."""
+    from canbench.io import read_yaml
+
+    want = build_config(method, preset, overrides).to_dict()
+    have = read_yaml(run / "config.yaml")
+    diff = {}
+    for sec in COMPARED:
+        for k in set(want[sec]) | set(have.get(sec, {})):
+            a, b = have.get(sec, {}).get(k), want[sec].get(k)
+            if a != b and not (isinstance(a, list) and tuple(a) == tuple(b or ())):
+                diff[f"{sec}.{k}"] = (a, b)
+    return diff
+
+
+def pretrained_run(runs_dir: Path, method: str, preset: str, overrides: list[str],
+                   reuse_any: bool = False) -> tuple[Path, float | None]:
+    """``<runs_dir>/<method>``: reused when it holds a finished checkpoint of the same config, else pretrained."""
     from canbench.methods.engine import pretrain
 
     run = runs_dir / method
     if (run / "checkpoints" / "last.pt").is_file() and (run / "summary.json").is_file():
+        diff = config_diff(run, method, preset, overrides)
+        if diff and not reuse_any:
+            raise SystemExit(f"{run} was pretrained with other settings than --preset {preset} "
+                             f"{' '.join(overrides)}: " + ", ".join(f"{k}: run {a!r}, asked {b!r}"
+                                                                  for k, (a, b) in sorted(diff.items()))
+                             + " (pass the same --pretrain-set values, another --runs-dir, or --reuse-any)")
         log.info("%s: reusing %s", method, run)
         return run, None
     t0 = time.time()
@@ -89,7 +114,7 @@ def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
-    head = ["encoder", "linear", "kNN", "heldout 5-shot", "heldout 10-shot", "finetune", "noise_blur",
+    head = ["encoder", "steps", "linear", "kNN", "heldout 5-shot", "heldout 10-shot", "finetune", "noise_blur",
             "rendition", "new_bg", "occlusion", "shift mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows.get("random")
@@ -106,7 +131,7 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         cells = [cell(name, r, "linear"), cell(name, r, "knn"), cell(name, r, "fewshot5", "fewshot5_std"),
                  cell(name, r, "fewshot10", "fewshot10_std"), cell(name, r, "finetune"),
                  *(cell(name, r, s) for s in SHIFTED), cell(name, r, "shift_mean")]
-        lines.append("| " + " | ".join([name, *cells]) + " |")
+        lines.append("| " + " | ".join([name, str(r.get("steps")), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -120,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                    help="evaluation setting (repeatable), e.g. linear.epochs=50")
     p.add_argument("--no-random", action="store_true", help="skip the random-init baseline")
+    p.add_argument("--reuse-any", action="store_true", help="reuse run folders even if pretrained with other settings")
     p.add_argument("--force", action="store_true", help="recompute stored evaluation results")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     encoders: dict[str, Path] = {}
     pretrain_s: dict[str, float | None] = {}
     for m in args.methods:
-        encoders[m], pretrain_s[m] = pretrained_run(runs_dir, m, args.preset, args.pretrain_set)
+        encoders[m], pretrain_s[m] = pretrained_run(runs_dir, m, args.preset, args.pretrain_set, args.reuse_any)
     if not args.no_random:
         encoders["random"] = random_run(runs_dir, args.preset, args.pretrain_set)
     rows, timings = {}, {}
@@ -144,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = {"eval_s": round(time.time() - t0, 1),
                          "suite_s": {s: r["metrics"].get("elapsed_s") for s, r in res.items()}}
         rows[name] = summarise(res)
+        rows[name]["steps"] = res["knn"]["checkpoint"]["step"]
         log.info("%s: %s", name, {k: round(v, 2) for k, v in rows[name].items() if isinstance(v, float)})
     if "random" in rows:  # the random baseline last, deltas against it
         rows = {**{k: v for k, v in rows.items() if k != "random"}, "random": rows["random"]}

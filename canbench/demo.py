@@ -51,8 +51,9 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     for i, spec in enumerate(specs, 1):
         why = dict(DEMO_GRIDS).get(spec, "")
         log.info("[%d/%d] grid %s (%s)", i, len(specs), spec, why)
-        rep = submit_grid(_repo_path(spec), scale="smoke", executor=executor, root=root / Path(spec).stem,
-                          wait=True)
+        grid_root = root / Path(spec).stem
+        rep = submit_grid(_repo_path(spec), scale="smoke", executor=executor, root=grid_root, wait=False)
+        _wait_with_progress(grid_root)
         log.info("  %d runs: %d submitted, %s", len(rep.runs), len(rep.submitted),
                  ", ".join(f"{len(v)} {k}" for k, v in rep.skipped.items()) or "nothing skipped")
     results = collect(root)
@@ -73,6 +74,26 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     if failed:
         return 1
     return check_result.exit_code if check_result is not None else 0
+
+
+def _wait_with_progress(grid_root: Path, poll_s: float = 10.0) -> None:
+    """Block until the grid is finished, logging each run's state and step as it changes."""
+    from canbench.slurm.control import wait_grid
+    from canbench.status import read_status
+
+    last = None
+    while True:
+        try:
+            wait_grid(grid_root, poll_s=1.0, timeout_s=poll_s)
+            return
+        except TimeoutError:
+            pass
+        states = {p.parent.name: read_status(p.parent) for p in sorted(grid_root.glob("*/status.json"))}
+        line = "  ".join(f"{name.rsplit('-', 1)[0]}:{st.get('state')}@{st.get('step', 0)}"
+                         for name, st in states.items())
+        if line != last:
+            log.info("  %s", line)
+            last = line
 
 
 def add_demo_parser(subparsers) -> None:
