@@ -36,7 +36,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``canbench evaluate`` on the top-level sub-parsers."""
     p = subparsers.add_parser(
         "evaluate", help="evaluate a checkpoint: linear, knn, fewshot, finetune, shift or all",
-        description=__doc__.splitlines()[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="Evaluate a checkpoint with one suite (or all); results go to <out>/eval/<suite>.json.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=SUITES + ("all",), help="the suite to run (all: every suite)")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="run folder, canbench checkpoint file, finetune folder (shift), or a public checkpoint "

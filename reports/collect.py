@@ -232,10 +232,18 @@ def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None
         yield run_dir, cfg, status, summary
 
 
+# Bookkeeping numbers an eval result may carry beside its metrics: never compared (wall-clock time
+# would make every check flaky; sizes and schedules are protocol, recorded in the fingerprint).
+NOT_METRICS = frozenset({"elapsed_s", "n_train", "n_val", "n_test", "steps", "epochs_run", "peak_lr", "best_epoch",
+                         "num_classes"})
+
+
 def _metric_rows(metrics: dict) -> list[dict[str, Any]]:
     """Flatten an eval ``metrics`` mapping into (metric, dataset, shots, value, cell_std) rows."""
     rows = []
     for key, val in metrics.items():
+        if key in NOT_METRICS:
+            continue
         if key == "results" and isinstance(val, list):
             for item in val:
                 if not isinstance(item, dict):
