@@ -122,7 +122,8 @@ def test_gradient_accumulation_matches_big_batch_for_mae(tiny_overrides, tmp_pat
 
 @pytest.mark.parametrize("method", ["can", "simclr", "mae"])
 def test_smoke_preset_trains_and_loss_decreases(method, tmp_path):
-    cfg = build_config(method, "smoke", ["optim.max_steps=40", "train.log_every=4", "data.builtin_size=1024"])
+    cfg = build_config(method, "smoke", ["optim.max_steps=40", "train.log_every=4", "data.builtin_size=1024",
+                                         "optim.epochs=4", "optim.warmup_epochs=0.5"])
     pretrain(cfg, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["loss"] for r in rows[:2]) / 2

@@ -19,8 +19,8 @@ TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=3
                  "optim.max_steps=2"]
 # small evaluation data and protocols so each suite takes seconds on 2 cores
 TINY_EVAL = ["data.test_size=40", "linear.batch_size=16", "linear.epochs=3", "finetune.batch_size=16",
-             "fewshot.train_size=60", "fewshot.shots=[1,2]", "fewshot.seeds=[0,1]", "fewshot.test_size=30",
-             "shift.test_size=20"]
+             "finetune.epochs=1", "fewshot.train_size=60", "fewshot.shots=[1,2]", "fewshot.seeds=[0,1]",
+             "fewshot.test_size=30", "shift.test_size=20"]
 
 
 def sets(*items: str) -> list[str]:
