@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -78,6 +79,7 @@ class DataConfig:
     blur_kernel_frac: float = 0.1
     color_jitter_strength: float = 1.0
     builtin_size: int = 4096  # images in the built-in training split
+    builtin_version: int | None = None  # the built-in data set's version (set when built; BUILTIN_VERSION)
     num_workers: int = 0
     pin_memory: bool = True
     persistent_workers: bool = True
@@ -218,6 +220,20 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def yaml_numbers(obj: Any) -> Any:
+    """Strings YAML 1.1 leaves unparsed but everyone means as numbers (``4e-4``, ``1E5``) -> float, recursively."""
+    if isinstance(obj, str) and _FLOAT_RE.match(obj.strip()):
+        return float(obj)
+    if isinstance(obj, list):
+        return [yaml_numbers(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: yaml_numbers(v) for k, v in obj.items()}
+    return obj
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> (["a", "b"], value parsed as YAML, so ``[1,5]``, ``0.5``, ``true`` work)."""
     if "=" not in text:
@@ -227,7 +243,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml_numbers(yaml.safe_load(raw)) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -305,6 +321,10 @@ def build_config(method: str, preset: str | None = None, overrides: list[str] | 
             raise ConfigError(f"method.name={upd['method']['name']!r} contradicts the method {method!r}")
         _apply_dict(cfg, upd)
     resolve_method_defaults(cfg)
+    if cfg.data.dataset == "builtin" and cfg.data.builtin_version is None:
+        from canbench.methods.data.builtin import BUILTIN_VERSION
+
+        cfg.data.builtin_version = BUILTIN_VERSION  # recorded, so runs on another version are never mixed
     validate(cfg, check_paths=validate_paths)
     return cfg
 
@@ -385,6 +405,15 @@ def validate(cfg: Config, world_size: int = 1, check_paths: bool = True) -> None
     _range("data.blur_kernel_frac", d.blur_kernel_frac, 0.0, 1.0)
     _range("data.num_workers", d.num_workers, 0, math.inf)
     _range("data.builtin_size", d.builtin_size, 1, math.inf)
+    if d.builtin_version is not None:
+        from canbench.methods.data.builtin import BUILTIN_VERSION
+
+        if d.dataset != "builtin":
+            raise ConfigError(f"data.builtin_version={d.builtin_version!r} is set, but data.dataset={d.dataset!r}")
+        if d.builtin_version != BUILTIN_VERSION:
+            raise ConfigError(f"data.builtin_version={d.builtin_version!r}: this checkout renders version "
+                              f"{BUILTIN_VERSION} of the built-in data set (methods/data/builtin.py); a run made on "
+                              "another version cannot be trained or resumed here")
     _range("optim.batch_size", o.batch_size, 1, math.inf)
     _range("optim.accum_steps", o.accum_steps, 1, math.inf)
     if o.batch_size % (o.accum_steps * world_size):

@@ -48,14 +48,26 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     root = Path(root)
     t0 = time.perf_counter()
     specs = [g for g, _ in DEMO_GRIDS] if grids is None else grids
+    # every grid is submitted before waiting: their jobs share the cores, so no core idles while one grid's
+    # last run finishes (each grid's smoke profile runs local_parallelism 1-thread jobs)
+    grid_roots = []
     for i, spec in enumerate(specs, 1):
         why = dict(DEMO_GRIDS).get(spec, "")
-        log.info("[%d/%d] grid %s (%s)", i, len(specs), spec, why)
         grid_root = root / Path(spec).stem
         rep = submit_grid(_repo_path(spec), scale="smoke", executor=executor, root=grid_root, wait=False)
-        _wait_with_progress(grid_root)
-        log.info("  %d runs: %d submitted, %s", len(rep.runs), len(rep.submitted),
-                 ", ".join(f"{len(v)} {k}" for k, v in rep.skipped.items()) or "nothing skipped")
+        log.info("[%d/%d] grid %s (%s): %d runs, %d submitted, %s", i, len(specs), spec, why, len(rep.runs),
+                 len(rep.submitted), ", ".join(f"{len(v)} {k}" for k, v in rep.skipped.items()) or "nothing skipped")
+        grid_roots.append(grid_root)
+    try:
+        _wait_with_progress(grid_roots)
+    except KeyboardInterrupt:
+        from canbench.slurm.control import cancel_grid
+
+        n = sum(len(cancel_grid(g)) for g in grid_roots)
+        log.warning("interrupted: cancelled %d running jobs; finished runs are kept and `canbench demo` "
+                    "(make demo) goes on from them", n)
+        raise
+    log.info("grids finished after %.0f s", time.perf_counter() - t0)
     results = collect(root)
     failed = [p for p in root.rglob("status.json") if '"failed"' in p.read_text()]
     if failed:
@@ -76,24 +88,39 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     return check_result.exit_code if check_result is not None else 0
 
 
-def _wait_with_progress(grid_root: Path, poll_s: float = 10.0) -> None:
-    """Block until the grid is finished, logging each run's state and step as it changes."""
+def _wait_with_progress(grid_roots: list[Path], poll_s: float = 10.0) -> None:
+    """Block until every grid is finished, logging each run's state and step as they change."""
     from canbench.slurm.control import wait_grid
     from canbench.status import read_status
 
     last = None
-    while True:
+    pending = list(grid_roots)
+    while pending:
         try:
-            wait_grid(grid_root, poll_s=1.0, timeout_s=poll_s)
-            return
+            wait_grid(pending[0], poll_s=1.0, timeout_s=poll_s)
+            pending.pop(0)
+            continue
         except TimeoutError:
             pass
-        states = {p.parent.name: read_status(p.parent) for p in sorted(grid_root.glob("*/status.json"))}
-        line = "  ".join(f"{name.rsplit('-', 1)[0]}:{st.get('state')}@{st.get('step', 0)}"
-                         for name, st in states.items())
+        states = {p.parent.name: read_status(p.parent) for g in grid_roots for p in sorted(g.glob("*/status.json"))}
+        done = sum(st.get("state") == "done" for st in states.values())
+        active = "  ".join(f"{name.rsplit('-', 1)[0]}:{_progress(st)}" for name, st in states.items()
+                           if st.get("state") not in ("done", "pending"))
+        line = f"{done}/{len(states)} runs done  {active}"
         if line != last:
             log.info("  %s", line)
             last = line
+
+
+def _progress(st: dict) -> str:
+    """``running@16/48``, ``eval``, ``done``, ... for one run's status."""
+    state = str(st.get("state"))
+    if state == "running" and st.get("phase") == "eval":
+        return "eval"
+    if state == "running":
+        total = st.get("total_steps")
+        return f"running@{st.get('step', 0)}" + (f"/{total}" if total else "")
+    return state
 
 
 def add_demo_parser(subparsers) -> None:

@@ -30,7 +30,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from canbench.config import ConfigError, load_preset, overrides_to_dict
+from canbench.config import ConfigError, load_preset, overrides_to_dict, yaml_numbers
 
 SUITES = ("knn", "linear", "fewshot", "finetune", "shift")  # the order ``all`` runs them in
 SCALES = ("smoke", "small", "paper")
@@ -193,7 +193,7 @@ def resolve_preset(name: str | None) -> EvalPreset | None:
         import yaml
 
         with open(p) as f:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml_numbers(yaml.safe_load(f) or {})
         if not isinstance(raw, dict):
             raise ConfigError(f"eval preset {p}: expected a mapping")
         if "config" in raw or "methods" in raw:  # a pretraining preset file
@@ -226,7 +226,7 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
     """``["linear.epochs=90", "fewshot.roots.dtd=/d"]`` (or a nested dict) -> validated nested dict."""
     if not overrides:
         return {}
-    out = overrides_to_dict(list(overrides)) if not isinstance(overrides, dict) else copy.deepcopy(overrides)
+    out = overrides_to_dict(list(overrides)) if not isinstance(overrides, dict) else yaml_numbers(overrides)
     validate_settings(out)
     return out
 

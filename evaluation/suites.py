@@ -245,7 +245,9 @@ class DataSpec:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.label or self.name, "split": self.split}
         if self.generated and self.name != "digits":
-            d.update(size=self.size, seed=BUILTIN_SEED)
+            from canbench.methods.data.builtin import BUILTIN_VERSION
+
+            d.update(size=self.size, seed=BUILTIN_SEED, version=BUILTIN_VERSION)
         return d
 
     def build(self, img_size: int) -> Any:
@@ -801,7 +803,7 @@ def build_context(source: Source, out: Path, *, scale: str | None = None, preset
     if scale is None and not (pre and pre.profile):
         log.info("evaluation profile %s (from %s)", profile, why)
     scale_name = "paper" if profile == "mae" else profile
-    run_layer = (cfg.extra.get("eval") if cfg is not None else None) or {}
+    run_layer = P.yaml_numbers((cfg.extra.get("eval") if cfg is not None else None) or {})
     if not isinstance(run_layer, dict):
         raise ConfigError(f"extra.eval of the run config must be a mapping of evaluation settings, got {run_layer!r}")
     P.validate_settings(run_layer, "evaluation setting (extra.eval)")

@@ -302,6 +302,8 @@ class Trainer:
                     t_now = time.perf_counter()
                     record = self._log(window, lr, n_img / max(t_now - t_last, 1e-9))
                     window, t_last, n_img = {}, t_now, 0
+                    if self.dist.is_main and not last:  # progress for `grid status` / the demo (one small file)
+                        write_status(self.run_dir, "running", step=self.step, total_steps=info.total_steps)
                     if bar is not None:
                         bar.update(cfg.train.log_every if not last else info.total_steps - bar.n)
                         bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -214,6 +214,8 @@ def _pretrain_protocol(cfg: dict) -> dict[str, Any]:
         "pretrain.noise_mode": _get(cfg, "method.noise_mode"),
         "pretrain.norm_pix_loss": _get(cfg, "method.norm_pix_loss"),
     }
+    if fields["pretrain.data"] == "builtin":  # runs made before versions were recorded: "unrecorded"
+        fields["pretrain.data_version"] = _get(cfg, "data.builtin_version") or "unrecorded"
     return _jsonable(fields)
 
 

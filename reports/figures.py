@@ -70,11 +70,29 @@ def _scale_note(df: pd.DataFrame) -> str:
     return f"runs: {', '.join(archs)} on {', '.join(data)}" if archs else ""
 
 
+OBJECTIVE_COLUMNS = ("mask_ratio", "l_nce", "lam", "sigma_max", "noise_mode")
+
+
+def _main_setting(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method, only the runs with its most common objective setting (mask ratio, loss weights, noise):
+    ablation variants (Table 5's AN, a Fig. 6 mask ratio, ...) are not averaged into the method's point."""
+    cols = [c for c in OBJECTIVE_COLUMNS if c in df.columns]
+    if not len(df) or not cols:
+        return df
+    sig = df[cols].astype(str).agg("|".join, axis=1)
+    keep = pd.Series(False, index=df.index)
+    for m in df["method"].unique():
+        rows = df["method"] == m
+        runs = df.loc[rows, "run_dir"].groupby(sig[rows]).nunique()
+        keep |= rows & (sig == runs.idxmax())
+    return df[keep]
+
+
 def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite: str = "linear",
                             metric: str = "top1") -> Figure:
     """Fig. 1 (left) style: accuracy against total training FLOPs and against GPU-hours, per method."""
     title = f"{suite} {metric} vs training compute (Fig. 1 left style)"
-    acc = _select(results, suite, metric)
+    acc = _main_setting(_select(results, suite, metric))
     if not len(acc) or pretrain is None or not len(pretrain):
         return not_run_figure(title, "needs eval results and pretraining summaries")
     p = pretrain[["run_dir", "flops_train", "steps", "batch_size", "gpu_hours", "device_hours"]].copy()
@@ -99,6 +117,13 @@ def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite
                         marker="o", color=_color(m), label=_label(m), capsize=3)
         if (df[xcol] > 0).all():
             ax.set_xscale("log")
+            # within one decade matplotlib labels the minor ticks too, and they collide: label decades only,
+            # plus the data's own extremes
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            xs = df[xcol].to_numpy(float)
+            if math.floor(math.log10(xs.min())) == math.floor(math.log10(xs.max())):  # no decade tick inside
+                ax.set_xticks(sorted({float(xs.min()), float(xs.max())}))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{suite} {metric} (%)")
         ax.grid(alpha=0.3)

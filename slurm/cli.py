@@ -98,7 +98,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"{spec.name} ({args.scale}): {len(runs)} runs -> {root}; world size {res.world_size}; "
           f"resources {({k: v for k, v in res.values.items() if v is not None})}")
     for r in runs:
-        print(f"  {r.folder_name}  preset={r.cfg.extra.get('preset')}  axes={r.axes}")
+        suites = ",".join(r.suites) or "-"
+        print(f"  {r.folder_name}  preset={r.cfg.extra.get('preset')}  axes={r.axes}  suites={suites}")
     return 0
 
 

@@ -216,6 +216,21 @@ def _pid_alive(pid: int, needle: str | None = None) -> bool:
         return needle is None
 
 
+def local_lanes(n_runs: int, n_jobs: int) -> list[int]:
+    """The local job (0 .. n_jobs-1) of each run, in snake order 0, 1, .., n-1, n-1, .., 0, 0, 1, ..: a grid
+    listed seed by seed (seed 0 of every method carrying the costly suites) does not pile onto one job."""
+    lanes = [k % (2 * n_jobs) for k in range(n_runs)]
+    return [x if x < n_jobs else 2 * n_jobs - 1 - x for x in lanes]
+
+
+def local_threads(cpus_per_task: int, n_jobs: int, cpu_count: int) -> int | None:
+    """Torch threads of each of ``n_jobs`` concurrent local jobs: ``cpus_per_task`` (as SLURM would give),
+    at most an equal share of the machine; None (torch's default) for a single job."""
+    if n_jobs <= 1:
+        return None
+    return max(1, min(int(cpus_per_task), cpu_count // n_jobs))
+
+
 class LocalBackend(Backend):
     """``submitit.AutoExecutor(cluster="local")``: runs are chained into ``local_parallelism`` jobs."""
 
@@ -235,13 +250,16 @@ class LocalBackend(Backend):
         params.pop("cpus_per_task", None)
         ex.update_parameters(**params)
         n = min(int(res["local_parallelism"]), len(run_dirs))
-        chunks = [run_dirs[i::n] for i in range(n)]
+        lane = local_lanes(len(run_dirs), n)
+        chunks = [[d for d, x in zip(run_dirs, lane) if x == i] for i in range(n)]
+        threads = local_threads(int(res["cpus_per_task"]), n, os.cpu_count() or 1)
         out: list[Submitted] = [None] * len(run_dirs)  # type: ignore[list-item]
         for k, chunk in enumerate(chunks):
-            job = ex.submit(ChainJob(chunk))
+            job = ex.submit(ChainJob(chunk, threads))
             sub = Submitted(job.job_id, str(job.paths.stdout), str(job.paths.stderr), job)
-            for j in range(k, len(run_dirs), n):
-                out[j] = sub
+            for j, x in enumerate(lane):
+                if x == k:
+                    out[j] = sub
         return out
 
     def states(self, status: list[dict[str, Any]]) -> list[JobState]:
@@ -340,4 +358,5 @@ def get_backend(name: str) -> Backend:
 
 
 __all__ = ["BACKENDS", "Backend", "DebugBackend", "ExecutorError", "JobState", "LocalBackend", "SlurmBackend",
+           "local_lanes", "local_threads",
            "Submitted", "get_backend"]

@@ -153,7 +153,6 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
         points = [dict(p, **q) for p in points for q in _group_points(g, values, f"grid {spec.name!r}: scales.{scale}")]
     methods = spec.methods or [None]
     seeds = prof.get("seeds", spec.seeds)
-    suites = prof.get("suites", spec.suites)
     presets = prof.get("presets") or {}
     eval_settings = deep_merge(nest(spec.eval), nest(prof.get("eval") or {}))
     runs: list[Run] = []
@@ -163,6 +162,7 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
     for method0 in methods:
         for point in points:
             for seed in seeds:
+                suites = spec.suites_for(scale, seed)
                 nominal = {k: nv for k, (nv, _) in point.items()}  # the spec's value: the paper's cell
                 actual = {k: av for k, (_, av) in point.items()}  # the value used at this scale
                 method = actual.get("method", method0)

@@ -241,19 +241,25 @@ class ChainJob(submitit.helpers.Checkpointable):
     """Several runs, one after another, in one job (done runs are skipped; a failure does not stop the
     chain on one process). Used by the local executor to bound how many runs train at once."""
 
-    def __init__(self, run_dirs: list[str | Path]) -> None:
+    def __init__(self, run_dirs: list[str | Path], threads: int | None = None) -> None:
         self.run_dirs = [str(Path(d).resolve()) for d in run_dirs]
+        self.threads = threads  # torch intra-op threads of this process (None: torch's default)
         self._current: RunJob | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"run_dirs": self.run_dirs}
+        return {"run_dirs": self.run_dirs, "threads": self.threads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.run_dirs = state["run_dirs"]
+        self.threads = state.get("threads")
         self._current = None
 
     def __call__(self) -> list[dict[str, Any]]:
         results = []
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(int(self.threads))
         multi = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
         for d in self.run_dirs:
             if read_status(d).get("state") == "done":
@@ -274,7 +280,7 @@ class ChainJob(submitit.helpers.Checkpointable):
         if self._current is not None:
             self._current.checkpoint()
         remaining = [d for d in self.run_dirs if read_status(d).get("state") != "done"]
-        return submitit.helpers.DelayedSubmission(type(self)(remaining), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(type(self)(remaining, self.threads), *args, **kwargs)
 
 
 __all__ = ["ChainJob", "RunJob", "master_port", "run_suites_or_skip", "save_if_ahead", "set_distributed_env"]

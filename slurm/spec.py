@@ -20,9 +20,10 @@ BENCHMARKS = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig7", 
 SUITES = ("linear", "knn", "fewshot", "finetune", "shift")
 SCALES = ("smoke", "small", "paper")
 SPECIAL_AXES = ("method", "preset", "variant")
-SPEC_KEYS = ("name", "description", "benchmark", "methods", "axes", "seeds", "suites", "eval", "names", "scales",
-             "notes")
-PROFILE_KEYS = ("preset", "presets", "overrides", "resources", "axis_values", "seeds", "suites", "eval", "notes")
+SPEC_KEYS = ("name", "description", "benchmark", "methods", "axes", "seeds", "suites", "suite_seeds", "eval", "names",
+             "scales", "notes")
+PROFILE_KEYS = ("preset", "presets", "overrides", "resources", "axis_values", "seeds", "suites", "suite_seeds", "eval",
+                "notes")
 
 # Resources of a scale profile (and of `--set slurm.KEY=VALUE`), with their defaults.
 RESOURCE_DEFAULTS: dict[str, Any] = {
@@ -88,7 +89,15 @@ class GridSpec:
     names: dict[str, str]
     scales: dict[str, dict[str, Any]]
     eval: dict[str, Any] = field(default_factory=dict)  # evaluation settings -> config.extra.eval
+    # suite -> the seeds it runs on (default: every seed), e.g. {finetune: [0]} to finetune one seed only
+    suite_seeds: dict[str, list[int]] = field(default_factory=dict)
     path: Path | None = None
+
+    def suites_for(self, scale: str, seed: int) -> list[str]:
+        """The evaluation suites of one run of the scale profile (``suites`` less those ``suite_seeds`` limits)."""
+        prof = self.profile(scale)
+        limits = prof.get("suite_seeds", self.suite_seeds) or {}
+        return [s for s in prof.get("suites", self.suites) if s not in limits or seed in limits[s]]
 
     def profile(self, scale: str) -> dict[str, Any]:
         if scale not in self.scales:
@@ -203,13 +212,17 @@ def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
             _seeds(prof["seeds"], f"{pw}.seeds")
         if "suites" in prof:
             _suites(prof["suites"], f"{pw}.suites")
+        if "suite_seeds" in prof:
+            _suite_seeds(prof["suite_seeds"], prof.get("suites", suites), prof.get("seeds", seeds),
+                         f"{pw}.suite_seeds")
     for where_eval, ev in [(where, raw.get("eval"))] + [(f"{where}: scales.{k}", p.get("eval"))
                                                        for k, p in scales.items()]:
         if ev is not None and not isinstance(ev, dict):
             raise GridError(f"{where_eval}: eval must map evaluation settings (e.g. linear.epochs) to values")
     spec = GridSpec(name=name, description=str(raw.get("description", "")), benchmark=bench, methods=methods,
                     axes=axes, seeds=seeds, suites=suites, names=dict(names), scales=scales,
-                    eval=dict(raw.get("eval") or {}))
+                    eval=dict(raw.get("eval") or {}),
+                    suite_seeds=_suite_seeds(raw.get("suite_seeds") or {}, suites, seeds, f"{where}: suite_seeds"))
     for scale in scales:
         spec.resources(scale)  # resource keys and types are checked for every scale
     return spec
@@ -229,6 +242,22 @@ def _suites(v: Any, where: str) -> list[str]:
         if s not in SUITES:
             raise GridError(f"{where}: unknown evaluation suite {s!r}{closest(str(s), SUITES)}")
     return list(v)
+
+
+def _suite_seeds(v: Any, suites: list[str], seeds: list[int], where: str) -> dict[str, list[int]]:
+    """``{suite: [seed, ...]}``: each suite one of ``suites``, each seed one of ``seeds``."""
+    if not isinstance(v, dict):
+        raise GridError(f"{where} must map suite names to lists of seeds, got {v!r}")
+    out = {}
+    for suite, ss in v.items():
+        if suite not in suites:
+            raise GridError(f"{where}: {suite!r} is not one of the grid's suites ({', '.join(suites) or 'none'})")
+        ss = _seeds(ss, f"{where}.{suite}")
+        extra = [s for s in ss if s not in seeds]
+        if extra:
+            raise GridError(f"{where}.{suite}: seeds {extra} are not among the grid's seeds {seeds}")
+        out[str(suite)] = ss
+    return out
 
 
 def _parse_axes(axes: Any, where: str) -> list[dict[str, Any]]:

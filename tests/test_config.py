@@ -84,3 +84,32 @@ def test_derived_lr_and_imagenet_epochs():
     info = derived(cfg, dataset_len=640, world_size=2)
     assert (info.steps_per_epoch, info.total_steps, info.warmup_steps) == (10, 20, 5)
     assert info.per_rank_batch == 32
+
+
+def test_builtin_data_version_is_recorded_and_enforced():
+    from canbench.methods.data.builtin import BUILTIN_VERSION
+
+    cfg = build_config("can", "smoke")
+    assert cfg.data.dataset == "builtin" and cfg.data.builtin_version == BUILTIN_VERSION
+    assert build_config("can", "smoke", ["data.dataset=digits"]).data.builtin_version is None
+    with pytest.raises(ConfigError, match=r"data.builtin_version=1: this checkout renders version"):
+        build_config("can", "smoke", [f"data.builtin_version={BUILTIN_VERSION - 1}"])
+    with pytest.raises(ConfigError, match=r"data.builtin_version=.* is set, but data.dataset='digits'"):
+        build_config("can", "smoke", ["data.dataset=digits", f"data.builtin_version={BUILTIN_VERSION}"])
+    # a run's protocol fingerprint carries the version; configs written before it existed read "unrecorded"
+    from canbench.reports.collect import _pretrain_protocol
+
+    d = cfg.to_dict()
+    assert _pretrain_protocol(d)["pretrain.data_version"] == BUILTIN_VERSION
+    d["data"].pop("builtin_version")
+    assert _pretrain_protocol(d)["pretrain.data_version"] == "unrecorded"
+
+
+def test_exponent_floats_parse_as_numbers():
+    from canbench.config import parse_override, yaml_numbers
+
+    assert parse_override("finetune.base_lr=4e-4") == (["finetune", "base_lr"], 4e-4)
+    assert parse_override("a=[1e-3, 2E2, x1e3]") == (["a"], [1e-3, 200.0, "x1e3"])
+    assert parse_override("a=1.5e-3")[1] == 1.5e-3 and parse_override("a=7")[1] == 7
+    assert yaml_numbers({"lin": {"lr": "5e-4", "name": "e5"}}) == {"lin": {"lr": 5e-4, "name": "e5"}}
+    assert build_config("can", "smoke", ["optim.base_lr=4e-4"]).optim.base_lr == 4e-4

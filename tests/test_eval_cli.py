@@ -13,6 +13,7 @@ import torch
 
 from canbench.cli import main
 from canbench.config import build_config
+from canbench.methods.data.builtin import BUILTIN_VERSION
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
                  "model.decoder_heads=2", "model.proj_hidden=64", "data.builtin_size=64", "optim.batch_size=8",
@@ -68,7 +69,8 @@ def test_knn_result_skip_when_done_and_force(run_dir, capsys):
     assert 0 <= rec["metrics"]["top1"] <= rec["metrics"]["top5"] <= 100
     fp = check_record(rec, "knn", run_dir)
     assert fp["dataset"] == "builtin" and fp["k"] == 20 and fp["pooling"] == "avg"
-    assert fp["eval_data"]["test"] == {"name": "builtin", "split": "test", "size": 40, "seed": 0}
+    assert fp["eval_data"]["test"] == {"name": "builtin", "split": "test", "size": 40, "seed": 0,
+                                      "version": BUILTIN_VERSION}
     assert fp["eval_data"]["train"]["size"] == 64  # the pretraining data.builtin_size
     assert rec["checkpoint"]["sha256"] == sha256(run_dir / "checkpoints" / "last.pt")
     assert rec["checkpoint"]["step"] == 2

@@ -279,3 +279,27 @@ def test_preempted_job_resumes_at_the_exact_step_bit_identical(tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     print(f"preempted at step {resumed_at}, resumed and finished bit-identical")
+
+
+def test_local_lanes_snake_and_threads_share():
+    from canbench.slurm.executors import local_lanes, local_threads
+
+    assert local_lanes(6, 2) == [0, 1, 1, 0, 0, 1]
+    assert local_lanes(7, 3) == [0, 1, 2, 2, 1, 0, 0]
+    assert local_lanes(3, 1) == [0, 0, 0]
+    # seed 0 of each of 3 methods (listed can-s0, can-s1, simclr-s0, ...) lands on both jobs, not one
+    lanes = local_lanes(6, 2)
+    assert sorted(lanes[0::2]) == [0, 0, 1]
+    assert local_threads(4, 2, cpu_count=2) == 1 and local_threads(1, 2, cpu_count=16) == 1
+    assert local_threads(4, 2, cpu_count=16) == 4 and local_threads(4, 1, cpu_count=2) is None
+
+
+def test_chain_job_keeps_its_thread_count_across_pickling_and_requeue(tmp_path):
+    import pickle
+
+    from canbench.slurm.job import ChainJob
+
+    job = pickle.loads(pickle.dumps(ChainJob([tmp_path / "a", tmp_path / "b"], threads=1)))
+    assert job.threads == 1 and job.run_dirs == [str((tmp_path / "a").resolve()), str((tmp_path / "b").resolve())]
+    again = job.checkpoint().function  # the requeued job (no run is done yet: both remain)
+    assert again.threads == 1 and again.run_dirs == job.run_dirs

@@ -189,3 +189,25 @@ def test_paper_specs_match_the_paper_cells():
     assert all(r.cfg.optim.epoch_unit == "imagenet" for r in t2)
     smoke = expand(load_spec(BENCH / "smoke.yaml"), "smoke")
     assert len(smoke) == 6 and {r.method for r in smoke} == {"can", "simclr", "mae"}
+
+
+def test_suite_seeds_limit_suites_per_seed():
+    d = spec_dict(methods=["can"], suites=["knn", "finetune", "shift"], suite_seeds={"finetune": [1], "shift": [1]},
+                  axes={"method.mask_ratio": [0.5]})
+    runs = expand(parse_spec(d), "smoke")
+    assert {r.seed: r.suites for r in runs} == {0: ["knn"], 1: ["knn", "finetune", "shift"]}
+    assert {r.seed: r.cfg.extra["suites"] for r in runs} == {0: ["knn"], 1: ["knn", "finetune", "shift"]}
+    # a scale profile's suite_seeds replaces the spec's
+    d["scales"]["smoke"]["suite_seeds"] = {"finetune": [0]}
+    runs = expand(parse_spec(d), "smoke")
+    assert {r.seed: r.suites for r in runs} == {0: ["knn", "finetune", "shift"], 1: ["knn", "shift"]}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"suite_seeds": {"linear": [0]}}, r"suite_seeds: 'linear' is not one of the grid's suites"),
+    ({"suite_seeds": {"knn": [5]}}, r"suite_seeds.knn: seeds \[5\] are not among the grid's seeds"),
+    ({"suite_seeds": ["knn"]}, r"suite_seeds must map suite names to lists of seeds"),
+])
+def test_suite_seeds_errors_name_the_key(bad, match):
+    with pytest.raises(GridError, match=match):
+        parse_spec(spec_dict(suites=["knn"], **bad))

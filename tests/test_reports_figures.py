@@ -89,3 +89,18 @@ def test_loss_curves_one_line_per_run_and_term(store):
     fig = figures.fig_loss_curves(loss_curves(store))
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["loss"]
     assert len(fig.axes[0].get_lines()) == 8
+
+
+def test_compute_figure_keeps_each_methods_main_setting_only():
+    import pandas as pd
+
+    from canbench.reports.figures import _main_setting
+
+    df = pd.DataFrame({
+        "method": ["can", "can", "can", "simclr"], "run_dir": ["a", "b", "c", "d"],
+        "mask_ratio": [0.5, 0.5, 0.5, 0.0], "l_nce": [0.03, 0.03, 0.0, 1.0], "lam": [0.7, 0.7, 0.7, 1.0],
+        "sigma_max": [0.05, 0.05, 0.05, 0.0], "noise_mode": ["full", "full", "full", "none"],
+        "value": [30.0, 32.0, 10.0, 40.0]})
+    kept = _main_setting(df)
+    assert sorted(kept["run_dir"]) == ["a", "b", "d"]  # Table 5's AN run (l_nce 0) is not averaged into CAN
+    assert kept[kept["method"] == "can"]["value"].mean() == 31.0

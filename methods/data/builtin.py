@@ -30,6 +30,11 @@ import torch
 
 from canbench.config import ConfigError
 
+# Version of the rendered images: bumped whenever they change (the golden digests in tests/test_builtin_data.py
+# fail then). It is recorded in run configs (data.builtin_version) and evaluation fingerprints, so results on
+# different versions are never compared or mixed. v1 (until 2026-11-26): radius 26-40%, any rotation, 0-4
+# blobs, texture contrast 0-1; v2: radius 30-42%, +-45 degrees, 0-2 blobs, texture contrast 0-0.5.
+BUILTIN_VERSION = 2
 SPLITS = ("train", "val", "test")
 FAMILIES = ("main", "heldout")
 VARIANTS = ("clean", "noise_blur", "rendition", "new_background", "occlusion")
@@ -210,10 +215,10 @@ def _approx_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> Arr:
 class SceneParams:
     """Ranges of the nuisance factors (the defaults define the built-in data set; changing them changes it)."""
 
-    radius: tuple[float, float] = (0.26, 0.40)  # object radius as a fraction of the image side
-    rotation: float = 1.0  # rotation range in turns, centred on 0 (1.0: any angle)
-    clutter_max: int = 4  # 0..clutter_max distractor blobs
-    texture: tuple[float, float] = (0.0, 1.0)  # texture contrast: bg1 = bg0 + t * (random colour - bg0)
+    radius: tuple[float, float] = (0.30, 0.42)  # object radius as a fraction of the image side
+    rotation: float = 0.25  # rotation range in turns, centred on 0 (0.25: +-45 degrees; 1.0: any angle)
+    clutter_max: int = 2  # 0..clutter_max distractor blobs
+    texture: tuple[float, float] = (0.0, 0.5)  # texture contrast: bg1 = bg0 + t * (random colour - bg0)
 
 
 class _Scene:

@@ -1,0 +1,56 @@
+"""``canbench demo`` end to end on a tiny grid (debug executor, in-process): runs, report, baseline, check."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from canbench.demo import _progress, run_demo
+from canbench.status import read_status
+
+TINY = {
+    "name": "tiny", "benchmark": "smoke", "methods": ["can", "mae"], "seeds": [0, 1], "suites": ["knn"],
+    "scales": {"smoke": {"preset": "smoke",
+                         "overrides": {"optim.max_steps": 2, "data.builtin_size": 128, "optim.batch_size": 16,
+                                       "train.log_every": 1},
+                         "eval": {"data.test_size": 100, "knn.k": 5}}},
+}
+
+
+def test_demo_runs_reports_writes_baseline_and_catches_a_regression(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    root, pdf, baseline = tmp_path / "runs", tmp_path / "demo.pdf", tmp_path / "baseline.csv"
+    kw = dict(root=root, out_pdf=pdf, baseline=baseline, executor="debug", grids=[str(spec)])
+
+    assert run_demo(write_baseline=True, **kw) == 0
+    runs = sorted((root / "tiny").glob("*/status.json"))
+    assert len(runs) == 4 and all(read_status(p.parent)["state"] == "done" for p in runs)
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    rows = list(csv.DictReader(baseline.open()))
+    knn = [r for r in rows if r["protocol"] == "knn" and r["metric"] == "top1"]
+    assert sorted(r["method"] for r in knn) == ["can", "mae"] and all(r["n"] == "2" for r in knn)
+
+    # a second demo reuses every finished run (their checkpoints are not rewritten) and passes its check
+    mtimes = {p: (p.parent / "checkpoints" / "last.pt").stat().st_mtime_ns for p in runs}
+    assert run_demo(**kw) == 0
+    assert {p: (p.parent / "checkpoints" / "last.pt").stat().st_mtime_ns for p in runs} == mtimes
+
+    # a planted regression: the baseline expects 40 points more kNN accuracy for CAN than the runs have
+    for r in rows:
+        if r["method"] == "can" and r["protocol"] == "knn" and r["metric"] == "top1":
+            r["mean"] = str(float(r["mean"]) + 40.0)
+    with baseline.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert run_demo(**kw) == 1
+
+
+def test_progress_labels() -> None:
+    assert _progress({"state": "running", "step": 16, "total_steps": 48}) == "running@16/48"
+    assert _progress({"state": "running", "step": 0}) == "running@0"
+    assert _progress({"state": "running", "phase": "eval", "step": 48}) == "eval"
+    assert _progress({"state": "done", "step": 48}) == "done"
