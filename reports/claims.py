@@ -202,7 +202,8 @@ def claim_flops(pretrain: pd.DataFrame | None, flops_table: pd.DataFrame | None 
         missing = [k for k in ("method", "arch", "flops") if k not in flops_table.columns]
         if missing:
             raise ValueError(f"flops table needs columns method, arch, flops; missing {missing}")
-        src, df = "supplied FLOPs table", flops_table[["method", "arch", "flops"]].copy()
+        src = str(flops_table.attrs.get("source", "supplied FLOPs table"))
+        df = flops_table[["method", "arch", "flops"]].copy()
     elif pretrain is not None and len(pretrain):
         df = pretrain.copy()
         train = pd.to_numeric(df["flops_train"], errors="coerce")

@@ -54,3 +54,14 @@ def test_progress_labels() -> None:
     assert _progress({"state": "running", "step": 0}) == "running@0"
     assert _progress({"state": "running", "phase": "eval", "step": 48}) == "eval"
     assert _progress({"state": "done", "step": 48}) == "done"
+
+
+def test_paper_flops_table_checks_the_vit_l_claim() -> None:
+    from canbench.demo import paper_flops_table
+    from canbench.reports.claims import HOLDS, claim_flops
+
+    table = paper_flops_table()
+    assert set(table["method"]) == {"can", "simclr"} and set(table["arch"]) == {"vit_large"}
+    c = claim_flops(None, table)
+    assert c.verdict == HOLDS and abs(c.numbers["ratios"]["vit_large"] - 1.72) < 0.02
+    assert "meta device" in c.scale
