@@ -16,6 +16,16 @@ TINY = ["model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2"
         "train.count_flops=false"]
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: one intra-op thread avoids OpenMP hand-off latency on a loaded 2-core machine
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

@@ -24,14 +24,7 @@ from canbench.methods.data.augment import (
     unpack_photometric,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP hand-off latency on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: see conftest.py
 
 
 def _binomial_ok(count: int, n: int, p: float, k: float = 4.0) -> bool:

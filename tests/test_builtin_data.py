@@ -21,14 +21,7 @@ from canbench.methods.data.builtin import (
     luminance,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP hand-off latency on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: see conftest.py
 
 
 # sha256 of the bytes of BuiltinShapes(split, seed=0, img_size=32, **kw)[index][0] (uint8 (3, 32, 32), C order).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from torch.utils.data import Dataset
+from helpers import Blobs
 
 from canbench.config import ConfigError
 from canbench.evaluation import finetune as ft
@@ -71,23 +71,6 @@ def test_optimizer_uses_layer_decay_groups():
     assert scales == [round(0.65 ** k, 8) for k in (3, 2, 1, 0)]
     assert opt.defaults["betas"] == (0.9, 0.999)
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.005}
-
-
-class Blobs(Dataset):
-    """uint8 images whose class is the dominant colour channel."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.arange(n) % 3
-        self.imgs = (torch.rand(n, 3, 32, 32, generator=g) * 60).to(torch.uint8)
-        for i in range(n):
-            self.imgs[i, int(self.y[i])] += 150
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return self.imgs[i], int(self.y[i])
 
 
 def test_config_defaults_and_errors():

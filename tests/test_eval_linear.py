@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from helpers import Blobs
 
 from canbench.config import ConfigError
 from canbench.evaluation.linear import LinearHead, linear_config, linear_probe_on_features, run_linear
@@ -82,24 +82,6 @@ def test_batch_larger_than_train_set_is_an_error():
     x, y = _features(n_per_class=4)
     with pytest.raises(ConfigError, match="batch_size=64 exceeds the 16"):
         linear_probe_on_features(x, y, x, y, linear_config("smoke"))
-
-
-class Blobs(Dataset):
-    """uint8 images whose class is the dominant colour channel (easy for any encoder)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.arange(n) % 3
-        self.imgs = (torch.rand(n, 3, 32, 32, generator=g) * 60).to(torch.uint8)
-        for i in range(n):
-            self.imgs[i, int(self.y[i])] += 150
-        self.targets = self.y.tolist()
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return self.imgs[i], int(self.y[i])
 
 
 @pytest.mark.parametrize("mode", ["cached_features", "full"])

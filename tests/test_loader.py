@@ -19,14 +19,7 @@ from canbench.methods.data.loader import (
 )
 from canbench.methods.rng import sample_seed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP hand-off latency on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: see conftest.py
 
 
 class _Images(Dataset):
