@@ -7,6 +7,7 @@ computed by :func:`derived` and logged, never written back into the config.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -247,6 +248,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
+
+
+def deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+    """``dst`` updated in place by ``src``: mappings merge recursively, everything else is replaced (copied)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            deep_merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst
 
 
 def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:

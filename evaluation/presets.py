@@ -30,7 +30,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from canbench.config import ConfigError, load_preset, overrides_to_dict, yaml_numbers
+from canbench.config import ConfigError, deep_merge, load_preset, overrides_to_dict, yaml_numbers
 
 SUITES = ("knn", "linear", "fewshot", "finetune", "shift")  # the order ``all`` runs them in
 SCALES = ("smoke", "small", "paper")
@@ -157,16 +157,6 @@ def validate_settings(settings: dict[str, Any], where: str = "evaluation setting
             if k not in schema:
                 raise ConfigError(f"unknown {where} {section}.{k}{_closest(k, schema)}")
             _check_value(f"{section}.{k}", v, schema[k])
-
-
-def deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    """``dst`` updated in place by ``src``: mappings merge recursively, everything else is replaced."""
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            deep_merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
-    return dst
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from canbench.config import METHOD_NAMES, ConfigError, overrides_to_dict
+from canbench.config import METHOD_NAMES, ConfigError, deep_merge, overrides_to_dict
 
 BENCHMARKS = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig7", "smoke")
 SUITES = ("linear", "knn", "fewshot", "finetune", "shift")
@@ -308,15 +308,6 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
         else:
             node[parts[-1]] = copy.deepcopy(v)
     return out
-
-
-def deep_merge(dst: dict, src: dict) -> dict:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            deep_merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
-    return dst
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
