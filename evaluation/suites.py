@@ -481,21 +481,29 @@ def _fit_warmup(ctx: Context, section: str, kw: dict[str, Any], defaults: Any) -
         log.info("%s: warmup_epochs %s > epochs %s: using %s", section, warm, epochs, kw["warmup_epochs"])
 
 
+def _trained_suite_setup(ctx: Context, section: str, scales: dict[str, dict[str, Any]], cfg_cls: type,
+                         make_cfg: Callable[..., Any]) -> tuple[Any, dict[str, Any], DataSpec, DataSpec]:
+    """The linear probe's / finetune's config (protocol + settings, encoder's image size, the family's crop,
+    warm-up fitted to short schedules), its fingerprint and the train / eval splits; checked before any work."""
+    kw = dict(ctx.settings[section])
+    protocol = kw.pop("protocol", ctx.scale)
+    kw = _with_img_size(section, kw, ctx.img_size)
+    kw["crop_pct"] = _crop(ctx.family, kw.get("crop_pct"))
+    if protocol in scales:
+        _fit_warmup(ctx, section, kw, cfg_cls(**scales[protocol]))
+    cfg = make_cfg(protocol, **kw)
+    train, val = _main_specs(ctx)
+    if train.generated and train.size is not None and cfg.batch_size > train.size:
+        raise ConfigError(f"{section}.batch_size={cfg.batch_size} exceeds the {train.size} training images "
+                          f"({train.name} train); set {section}.batch_size or data.train_size")
+    conf = {"protocol": protocol, **P.fingerprint_config(_plain(dataclasses.asdict(cfg)))}
+    return cfg, conf, train, val
+
+
 def plan_linear(ctx: Context) -> SuitePlan:
     from canbench.evaluation.linear import LINEAR_SCALES, LinearProbeConfig, linear_config, run_linear
 
-    kw = dict(ctx.settings["linear"])
-    protocol = kw.pop("protocol", ctx.scale)
-    kw = _with_img_size("linear", kw, ctx.img_size)
-    kw["crop_pct"] = _crop(ctx.family, kw.get("crop_pct"))
-    if protocol in LINEAR_SCALES:
-        _fit_warmup(ctx, "linear", kw, LinearProbeConfig(**LINEAR_SCALES[protocol]))
-    cfg = linear_config(protocol, **kw)
-    train, val = _main_specs(ctx)
-    if train.generated and train.size is not None and cfg.batch_size > train.size:
-        raise ConfigError(f"linear.batch_size={cfg.batch_size} exceeds the {train.size} training images "
-                          f"({train.name} train); set linear.batch_size or data.train_size")
-    conf = {"protocol": protocol, **P.fingerprint_config(_plain(dataclasses.asdict(cfg)))}
+    cfg, conf, train, val = _trained_suite_setup(ctx, "linear", LINEAR_SCALES, LinearProbeConfig, linear_config)
 
     def run() -> dict[str, Any]:
         tr, va = train.build(ctx.img_size), val.build(ctx.img_size)
@@ -641,18 +649,7 @@ def finetuned_path(out: Path) -> Path:
 def plan_finetune(ctx: Context) -> SuitePlan:
     from canbench.evaluation.finetune import FINETUNE_SCALES, FinetuneConfig, finetune_config, run_finetune
 
-    kw = dict(ctx.settings["finetune"])
-    protocol = kw.pop("protocol", ctx.scale)
-    kw = _with_img_size("finetune", kw, ctx.img_size)
-    kw["crop_pct"] = _crop(ctx.family, kw.get("crop_pct"))
-    if protocol in FINETUNE_SCALES:
-        _fit_warmup(ctx, "finetune", kw, FinetuneConfig(**FINETUNE_SCALES[protocol]))
-    cfg = finetune_config(protocol, **kw)
-    train, val = _main_specs(ctx)
-    if train.generated and train.size is not None and cfg.batch_size > train.size:
-        raise ConfigError(f"finetune.batch_size={cfg.batch_size} exceeds the {train.size} training images "
-                          f"({train.name} train); set finetune.batch_size or data.train_size")
-    conf = {"protocol": protocol, **P.fingerprint_config(_plain(dataclasses.asdict(cfg)))}
+    cfg, conf, train, val = _trained_suite_setup(ctx, "finetune", FINETUNE_SCALES, FinetuneConfig, finetune_config)
     target = finetuned_path(ctx.out)
 
     def run() -> dict[str, Any]:
