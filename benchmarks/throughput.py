@@ -143,26 +143,25 @@ class TrainStep:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         from canbench.methods import build_method
-        from canbench.methods.engine import autocast_dtype, param_groups
+        from canbench.methods.engine import autocast_dtype, build_optimizer, optimizer_step
 
         torch.manual_seed(cfg.train.seed)
         self.device = device
         self.method = build_method(cfg).to(device)
         self.amp_dtype = autocast_dtype(cfg, device)
         self.lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.method, cfg.optim.weight_decay), lr=self.lr, betas=tuple(cfg.optim.betas),
-            **({"fused": True} if device.type == "cuda" else {}))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype)
         self.model: nn.Module = torch.compile(self.method) if cfg.train.compile else self.method
         self.model.train()
         self.clip_grad = cfg.optim.clip_grad
+        self._optimizer_step = optimizer_step  # the engine's own step, so the benchmark times the same work
 
     @property
     def precision(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def __call__(self, batch: Batch) -> None:
+
         for g in self.optimizer.param_groups:  # the engine sets the scheduled lr each step
             g["lr"] = self.lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -170,16 +169,7 @@ class TrainStep:
             out = self.model(batch)
         loss = out["loss"]
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.clip_grad:
-            nn.utils.clip_grad_norm_(self.method.parameters(), self.clip_grad)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_step(self.optimizer, self.scaler, self.method, self.clip_grad)
 
 
 # ---- inputs --------------------------------------------------------------------------------------

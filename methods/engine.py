@@ -94,6 +94,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_optimizer(method: nn.Module, cfg: Config, device: torch.device, amp_dtype: torch.dtype | None
+                    ) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """AdamW over :func:`param_groups` (fused kernels on CUDA; lr set per step) and a GradScaler for fp16 only."""
+    optimizer = torch.optim.AdamW(param_groups(method, cfg.optim.weight_decay), lr=0.0,
+                                  betas=tuple(cfg.optim.betas), **({"fused": True} if device.type == "cuda" else {}))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return optimizer, scaler
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, method: nn.Module,
+                   clip_grad: float | None) -> None:
+    """After backward: unscale (fp16), clip the global grad norm, step, zero the grads (no host sync)."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class Trainer:
     """Owns the run: ``Trainer(cfg, run_dir).fit(resume=True)``."""
 
@@ -167,10 +191,7 @@ class Trainer:
     def _build_model(self) -> None:
         torch.manual_seed(self.cfg.train.seed)  # parameter init is a function of the seed alone
         self.method = build_method(self.cfg).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.method, self.cfg.optim.weight_decay), lr=0.0, betas=tuple(self.cfg.optim.betas),
-            **({"fused": True} if self.device.type == "cuda" else {}))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.optimizer, self.scaler = build_optimizer(self.method, self.cfg, self.device, self.amp_dtype)
         model: nn.Module = self.method
         if self.dist.world_size > 1:
             model = nn.parallel.DistributedDataParallel(
@@ -285,16 +306,7 @@ class Trainer:
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                     for k, v in out.items():
                         window.setdefault(k, []).append(v.detach().float())
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer)
-                if cfg.optim.clip_grad:
-                    nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.clip_grad)
-                if self.scaler:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer_step(self.optimizer, self.scaler, self.method, cfg.optim.clip_grad)
                 self.step += 1
                 n_img += n * self.dist.world_size
                 last = self.step == info.total_steps
@@ -425,4 +437,5 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True) -> dict[str,
     return Trainer(cfg, run_dir).fit(resume=resume)
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "defer_signals", "param_groups", "pretrain"]
+__all__ = ["NonFiniteLossError", "Trainer", "build_optimizer", "defer_signals", "optimizer_step", "param_groups",
+           "pretrain"]
