@@ -103,17 +103,22 @@ def format_flops_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _print(result: Any, fmt: Any, as_json: bool) -> int:
+    """``result`` as indented JSON, or as the table ``fmt(result)``; exit code 0."""
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(fmt(result))
+    return 0
+
+
 def cmd_flops(args: argparse.Namespace) -> int:
     """Handler of ``canbench flops``; returns the exit code."""
     from canbench.benchmarks.flops import method_flops_table
 
     rows = method_flops_table(method_configs(args), with_fvcore=args.fvcore)
-    if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-    else:
-        print(format_flops_table(rows))
-    return 0
+    return _print(rows, format_flops_table, args.json)
 
 
 # ---- throughput -----------------------------------------------------------------------------------
@@ -156,13 +161,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
                              warmup=args.warmup, data=args.data, workers=args.workers,
                              peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
                              resize=args.resize, data_only=args.data_only)
-    report = run_throughput_suite(method_configs(args), opts)
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        print(format_throughput_table(report))
-    return 0
+    return _print(run_throughput_suite(method_configs(args), opts), format_throughput_table, args.json)
 
 
 __all__ = ["DEFAULT_PRESETS", "add_flops_parser", "add_throughput_parser", "cmd_flops", "cmd_throughput",
