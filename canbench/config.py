@@ -208,17 +208,9 @@ def _apply_dict(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
         elif k == "extra" and isinstance(cur, dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: expected a mapping, got {v!r}")
-            _deep_update(cur, v)
+            deep_merge(cur, v)
         else:
             setattr(obj, k, _coerce(v, hints[k], key))
-
-
-def _deep_update(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
 
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")

@@ -253,14 +253,11 @@ class LocalBackend(Backend):
         lane = local_lanes(len(run_dirs), n)
         chunks = [[d for d, x in zip(run_dirs, lane) if x == i] for i in range(n)]
         threads = local_threads(int(res["cpus_per_task"]), n, os.cpu_count() or 1)
-        out: list[Submitted] = [None] * len(run_dirs)  # type: ignore[list-item]
-        for k, chunk in enumerate(chunks):
+        subs = []
+        for chunk in chunks:
             job = ex.submit(ChainJob(chunk, threads))
-            sub = Submitted(job.job_id, str(job.paths.stdout), str(job.paths.stderr), job)
-            for j, x in enumerate(lane):
-                if x == k:
-                    out[j] = sub
-        return out
+            subs.append(Submitted(job.job_id, str(job.paths.stdout), str(job.paths.stderr), job))
+        return [subs[x] for x in lane]
 
     def states(self, status: list[dict[str, Any]]) -> list[JobState]:
         out = []
