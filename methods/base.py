@@ -74,8 +74,14 @@ class PretrainMethod(nn.Module):
 
     @staticmethod
     def combine(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
-        """loss = sum of weight * term over terms with a non-zero weight; terms are returned detached."""
+        """loss = sum of weight * term over terms with a non-zero weight, next to the terms as computed.
+
+        The terms are returned undetached; callers detach them for logging (the engine does). Returning
+        ``term.detach()`` next to ``1.0 * term`` from a ``torch.compile``d forward loses the loss's
+        grad_fn (torch 2.14 inductor: "element 0 of tensors does not require grad" for the one-term
+        SimCLR and MAE losses); ``test_compiled_one_term_loss_keeps_its_graph`` pins this.
+        """
         loss = sum(weights[k] * v for k, v in terms.items() if weights.get(k, 0.0) > 0)
-        out = {k: v.detach() for k, v in terms.items()}
+        out = dict(terms)
         out["loss"] = loss
         return out

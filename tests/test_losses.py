@@ -55,7 +55,8 @@ def test_can_losses_are_computed_on_the_right_patches(tiny_overrides):
     torch.manual_seed(0)
     net = build_method(build_config("can", "smoke", tiny_overrides)).eval()
     b = _batch(2)
-    base = net(b)
+    with torch.no_grad():  # values only (the terms come back undetached)
+        base = net(b)
     # rec sees the clean target only on masked patches: changing only masked-out pixels' *inputs*
     # cannot change the encoder output, only the target -> rec changes, infonce does not
     seeds = net.view_seeds(b["seed"], 2)
@@ -63,7 +64,8 @@ def test_can_losses_are_computed_on_the_right_patches(tiny_overrides):
     from canbench.methods.backbone import unpatchify
     pmask = unpatchify(mask[:, :, None].expand(-1, -1, 4 * 4 * 3), 4).view(2, 4, 3, 16, 16)
     b2 = {"views": b["views"] + 3.0 * pmask, "seed": b["seed"]}
-    other = net(b2)
+    with torch.no_grad():
+        other = net(b2)
     assert float(other["infonce"]) == pytest.approx(float(base["infonce"]), abs=1e-5)
     assert float(other["denoise"]) == pytest.approx(float(base["denoise"]), abs=1e-5)
     assert float(other["rec"]) != pytest.approx(float(base["rec"]), abs=1e-3)
@@ -81,7 +83,8 @@ def test_loss_weights_sum_to_one():
 def test_can_total_is_the_weighted_sum(tiny_overrides):
     torch.manual_seed(0)
     net = build_method(build_config("can", "smoke", tiny_overrides))
-    out = net(_batch(2))
+    with torch.no_grad():
+        out = net(_batch(2))
     w = net.weights
     expect = w["infonce"] * out["infonce"] + w["rec"] * out["rec"] + w["denoise"] * out["denoise"]
     assert float(out["loss"]) == pytest.approx(float(expect), rel=1e-6)
@@ -121,3 +124,23 @@ def test_every_parameter_gets_a_gradient_and_is_optimized(method, extra, tiny_ov
     no_decay = {id(p) for p in param_groups(net, 0.05)[1]["params"]}
     for n, p in net.named_parameters():
         assert (id(p) in no_decay) == (p.ndim <= 1 or n.endswith("cls_token")), n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_compiled_one_term_loss_keeps_its_graph(method, tiny_overrides):
+    """torch.compile'd one-term methods: same loss and gradients as eager (a detached alias of the term
+    returned next to ``1.0 * term`` used to drop the loss's grad_fn under inductor)."""
+    torch.manual_seed(0)
+    net = build_method(build_config(method, "smoke", tiny_overrides))
+    batch = _batch(1 if method == "mae" else 2)
+    eager = net(batch)
+    eager["loss"].backward()
+    ref = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    out = torch.compile(net)(batch)
+    assert out["loss"].requires_grad
+    torch.testing.assert_close(out["loss"], eager["loss"], rtol=1e-4, atol=1e-5)
+    out["loss"].backward()
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-3, atol=1e-5, msg=n)
