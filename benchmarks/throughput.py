@@ -123,7 +123,7 @@ def bench_config(cfg: Config, opts: ThroughputOptions, device: torch.device) -> 
     cfg.optim.batch_size = int(opts.batch)
     cfg.optim.accum_steps = 1
     cfg.train.device = device.type
-    cfg.train.compile = bool(opts.compile)
+    cfg.train.compile = "true" if opts.compile else "false"
     if opts.workers is not None:
         cfg.data.num_workers = opts.workers
     validate(cfg, check_paths=False)
@@ -151,7 +151,7 @@ class TrainStep:
         self.amp_dtype = autocast_dtype(cfg, device)
         self.lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
         self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype)
-        self.model: nn.Module = torch.compile(self.method) if cfg.train.compile else self.method
+        self.model: nn.Module = torch.compile(self.method) if cfg.train.compile == "true" else self.method
         self.model.train()
         self.clip_grad = cfg.optim.clip_grad
         self._optimizer_step = optimizer_step  # the engine's own step, so the benchmark times the same work

@@ -108,7 +108,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    compile: bool = False
+    # auto: torch.compile on CUDA (measured on an H100: +23-60% img/s, ~100 s to compile), eager on CPU
+    compile: str = "auto"  # auto | true | false
     log_every: int = 10
     ckpt_every: int = 500  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 1
@@ -185,6 +186,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError
             return float(value)
         if tp is str:
+            if isinstance(value, bool):  # YAML true/false for a string field (train.compile)
+                return str(value).lower()
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
@@ -437,6 +440,7 @@ def validate(cfg: Config, world_size: int = 1, check_paths: bool = True) -> None
         _range("optim.max_steps", o.max_steps, 1, math.inf)
     _choice("train.device", t.device, ("auto", "cpu", "cuda"))
     _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
+    _choice("train.compile", t.compile, ("auto", "true", "false"))
     _range("train.log_every", t.log_every, 1, math.inf)
     _range("train.ckpt_every", t.ckpt_every, 1, math.inf)
     _range("train.keep_checkpoints", t.keep_checkpoints, 1, math.inf)

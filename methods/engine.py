@@ -80,6 +80,13 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
 
 
+def use_compile(cfg: Config, device: torch.device) -> bool:
+    """``train.compile``: true / false, or auto = on for CUDA (a win for every method measured on an H100,
+    BENCHMARKS.md) and off on CPU (inductor's C++ compile costs minutes there; smoke runs last seconds)."""
+    c = cfg.train.compile
+    return c == "true" or (c == "auto" and device.type == "cuda")
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on 1-D params (norms, biases) and on no_weight_decay() names."""
     skip: set[str] = set()
@@ -196,7 +203,7 @@ class Trainer:
         if self.dist.world_size > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.cfg.train.compile:
+        if use_compile(self.cfg, self.device):
             model = torch.compile(model)
         self.model = model
 

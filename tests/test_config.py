@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from canbench.config import ConfigError, build_config, derived, overrides_to_dict
 
@@ -113,3 +114,19 @@ def test_exponent_floats_parse_as_numbers():
     assert parse_override("a=1.5e-3")[1] == 1.5e-3 and parse_override("a=7")[1] == 7
     assert yaml_numbers({"lin": {"lr": "5e-4", "name": "e5"}}) == {"lin": {"lr": 5e-4, "name": "e5"}}
     assert build_config("can", "smoke", ["optim.base_lr=4e-4"]).optim.base_lr == 4e-4
+
+
+def test_train_compile_is_auto_true_or_false():
+    from canbench.methods.engine import use_compile
+
+    assert build_config("can", "smoke").train.compile == "auto"
+    for given, stored in (("true", "true"), ("false", "false"), ("on", "true"), ("auto", "auto")):
+        assert build_config("can", "smoke", [f"train.compile={given}"]).train.compile == stored
+    with pytest.raises(ConfigError, match=r"train\.compile='fast' is not one of 'auto', 'true', 'false'"):
+        build_config("can", "smoke", ["train.compile=fast"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # device objects only: no GPU needed
+    auto = build_config("can", "smoke")
+    assert (use_compile(auto, cpu), use_compile(auto, cuda)) == (False, True)
+    off = build_config("can", "smoke", ["train.compile=false"])
+    on = build_config("can", "smoke", ["train.compile=true"])
+    assert (use_compile(off, cuda), use_compile(on, cpu)) == (False, True)
