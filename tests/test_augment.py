@@ -197,6 +197,57 @@ def test_apply_photometric_device_path_equals_subset_path(monkeypatch: pytest.Mo
     torch.testing.assert_close(subset, full, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("case", ["mixed", "all_jitter", "no_blur_cfg"])
+def test_grouped_device_path_equals_per_row_reference(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a host copy of the parameters, rows are regrouped so hue and blur run on slices only: same
+    result per row as the torchvision reference, in the caller's row order."""
+    cfg = ViewAugConfig(img_size=32, blur_p=0.0) if case == "no_blur_cfg" else ViewAugConfig(img_size=32)
+    n = 40
+    packed = sample_photometric(torch.Generator().manual_seed(7), n, cfg)
+    if case == "all_jitter":
+        packed[:, A.COL_JITTER] = 1.0
+    x = _test_images(n, 32, seed=7)
+    monkeypatch.setattr(A, "_use_subsets", lambda t: False)  # the off-CPU branch, run on CPU
+    calls: list[int] = []
+    hue = A._adjust_hue
+    monkeypatch.setattr(A, "_adjust_hue", lambda y, h: calls.append(y.shape[0]) or hue(y, h))
+    got = apply_photometric(x.clone(), packed, cfg, packed_host=packed.clone())
+    torch.testing.assert_close(got, _reference(x, packed, cfg), atol=2e-5, rtol=0)
+    p = A.unpack_photometric(packed)
+    assert sum(calls) == int(p.jitter_apply.sum())  # hue computed once per jittered row, not 4 x n
+    with pytest.raises(ValueError, match=r"packed_host must be a CPU copy of packed \(40, \d+\)"):
+        apply_photometric(x, packed, cfg, packed_host=packed[:3])
+
+
+def test_hue_offsets_are_built_once_per_device() -> None:
+    """A per-call ``torch.tensor(..., device=cuda)`` is a host sync; the constant is cached per device."""
+    a = A._hue_offsets(torch.float32, torch.device("cpu"))
+    assert a is A._hue_offsets(torch.float32, torch.device("cpu"))
+    assert a.shape == (1, 3, 1, 1) and a.flatten().tolist() == [5.0, 3.0, 1.0]
+
+
+@pytest.mark.gpu
+def test_to_model_input_has_no_host_sync_on_cuda() -> None:
+    """The photometric half of the engine's input path runs on the training stream: no host sync once warm."""
+    from canbench.methods.data.loader import to_model_input
+
+    cfg = ViewAugConfig(img_size=32)
+    n, v = 8, 2
+    g = torch.Generator().manual_seed(0)
+    photo = sample_photometric(g, n * v, cfg)
+    photo[:, A.COL_JITTER] = 1.0  # every jitter position active, hue included
+    batch = {"crops": torch.randint(0, 256, (n, v, 3, 32, 32), dtype=torch.uint8, generator=g).pin_memory(),
+             "photo": photo.view(n, v, -1).pin_memory()}
+    to_model_input(batch, cfg, "cuda")  # first call fills the per-device constant caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = to_model_input(batch, cfg, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out.cpu(), to_model_input(batch, cfg, "cpu"), atol=2e-3, rtol=0)  # TF32 blur
+
+
 def test_apply_photometric_each_op_isolated() -> None:
     """One op at a time, with extreme factors, against torchvision."""
     cfg = ViewAugConfig(img_size=32)

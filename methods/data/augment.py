@@ -23,6 +23,7 @@ most, like torchvision) of every view, then one row of photometric parameters pe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -285,10 +286,16 @@ def _adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     h6 = torch.where(maxc == r, (g - b) / safe,
                      torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))  # in (-1, 5]
     h6 = h6.add_(hue.view(-1, 1, 1) * 6.0).unsqueeze_(-3)  # (n, 1, H, W)
-    off = torch.tensor(_HUE_CHANNEL_OFFSET, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    k = (h6 + off).remainder_(6.0)  # (n, 3, H, W)
+    k = (h6 + _hue_offsets(x.dtype, x.device)).remainder_(6.0)  # (n, 3, H, W)
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * w
+
+
+@functools.lru_cache(maxsize=16)
+def _hue_offsets(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) channel offsets, built once per device: ``torch.tensor(..., device=cuda)`` is a blocking
+    host->device copy, i.e. a host sync per call (up to 4 per step, one per jitter position)."""
+    return torch.tensor(_HUE_CHANNEL_OFFSET, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def _gaussian_kernels(sigma: torch.Tensor, k: int) -> torch.Tensor:
@@ -343,17 +350,66 @@ def _apply_masked(x: torch.Tensor, mask: torch.Tensor, fn, *args: torch.Tensor) 
     return _where(mask, fn(x, *args), x)
 
 
-def apply_photometric(x: torch.Tensor, packed: torch.Tensor, cfg: ViewAugConfig) -> torch.Tensor:
+def _row_groups(p: PhotoParams, cfg: ViewAugConfig) -> torch.Tensor:
+    """Group key per row, 0..9: ``5 * blur + hue position`` (4 = no hue: jitter off for the row)."""
+    hue_pos = (p.order == OP_HUE).long().argmax(dim=1)
+    jitter = cfg.jitter_p > 0 and cfg.jitter_strength > 0
+    hue_pos = torch.where(p.jitter_apply, hue_pos, 4) if jitter else torch.full_like(hue_pos, 4)
+    blur = p.blur_apply.long() if cfg.blur_p > 0 else torch.zeros_like(hue_pos)
+    return blur * 5 + hue_pos
+
+
+def _grouped_plan(packed: torch.Tensor, packed_host: torch.Tensor, cfg: ViewAugConfig
+                  ) -> tuple[torch.Tensor, list[list[tuple[int, int]]], tuple[int, int]]:
+    """Row order that makes every (hue position, blur) group contiguous, and each group's bounds.
+
+    The permutation is a stable argsort of the group keys computed on the device from ``packed``; the
+    bounds are counted from the host copy ``packed_host`` (same keys, integers), so neither needs a
+    host synchronisation. Returns ``perm``, per jitter position the row ranges that apply hue there,
+    and the row range that is blurred.
+    """
+    perm = torch.argsort(_row_groups(unpack_photometric(packed), cfg), stable=True)
+    counts = torch.bincount(_row_groups(unpack_photometric(packed_host), cfg), minlength=10).tolist()
+    starts = [sum(counts[:k]) for k in range(11)]
+    hue = [[(starts[k], starts[k + 1]) for k in (pos, 5 + pos) if counts[k]] for pos in range(4)]
+    return perm, hue, (starts[5], starts[10])
+
+
+def _apply_ranges(x: torch.Tensor, ranges: list[tuple[int, int]], fn, *args: torch.Tensor) -> torch.Tensor:
+    """``fn`` on the row slices ``x[lo:hi]`` only, written back in place (``x`` is the function's own copy)."""
+    for lo, hi in ranges:
+        if hi > lo:
+            x[lo:hi] = fn(x[lo:hi], *(a[lo:hi] for a in args))
+    return x
+
+
+def apply_photometric(x: torch.Tensor, packed: torch.Tensor, cfg: ViewAugConfig,
+                      packed_host: torch.Tensor | None = None) -> torch.Tensor:
     """Flip, colour jitter (random order), grayscale and blur with per-sample parameters, batched.
 
     x: float (n, 3, S, S) in [0, 1] on any device; packed: (n, K) from :func:`sample_photometric`.
     Semantics of each op equal torchvision.transforms.v2.functional's (clamped to [0, 1]).
+
+    Off CPU, without a host sync, each op is computed for every row and selected per row
+    (``torch.where``): hue, the dearest op, then runs 4 times (once per jitter position) and blur on
+    every row. ``packed_host``, a CPU copy of ``packed`` (the workers draw it on the CPU), removes that
+    waste: rows are reordered on the device so that each (hue position, blur) group is a contiguous
+    slice whose bounds the host already knows, hue and blur run on their slices only, and the order is
+    restored at the end. Same result per row.
     """
     if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ValueError(f"apply_photometric expects float (n, 3, S, S), got {x.dtype} {tuple(x.shape)}")
     if packed.shape[0] != x.shape[0]:
         raise ValueError(f"{packed.shape[0]} parameter rows for {x.shape[0]} images")
-    p = unpack_photometric(packed.to(device=x.device))
+    packed = packed.to(device=x.device)
+    perm = None
+    if packed_host is not None and not _use_subsets(x):
+        if packed_host.shape != packed.shape or packed_host.device.type != "cpu":
+            raise ValueError(f"packed_host must be a CPU copy of packed {tuple(packed.shape)}, got "
+                             f"{tuple(packed_host.shape)} on {packed_host.device}")
+        perm, hue_ranges, blur_range = _grouped_plan(packed, packed_host, cfg)
+        x, packed = x.index_select(0, perm), packed.index_select(0, perm)
+    p = unpack_photometric(packed)
     dt = x.dtype
 
     x = _where(p.flip, x.flip(-1), x)
@@ -375,14 +431,21 @@ def apply_photometric(x: torch.Tensor, packed: torch.Tensor, cfg: ViewAugConfig)
                 f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(-1, 1, 1, 1)  # (n, 1, 1, 1)
                 blended = x.mul(f).add_(ref * (1.0 - f)).clamp_(0.0, 1.0)
                 x = _where(is_blend, blended, x)
-            x = _apply_masked(x, active & (op == OP_HUE), _adjust_hue, p.hue.to(dt))
+            if perm is None:
+                x = _apply_masked(x, active & (op == OP_HUE), _adjust_hue, p.hue.to(dt))
+            else:
+                x = _apply_ranges(x, hue_ranges[pos], _adjust_hue, p.hue.to(dt))
 
     if cfg.gray_p > 0:
         x = _where(p.gray, _gray(x).expand_as(x), x)
 
     if cfg.blur_p > 0:
         k = blur_kernel_size(x.shape[-1], cfg.blur_kernel_frac)
-        x = _apply_masked(x, p.blur_apply, lambda y, s: _blur(y, s, k), p.sigma)
+        blur = lambda y, s: _blur(y, s, k)
+        x = _apply_masked(x, p.blur_apply, blur, p.sigma) if perm is None else \
+            _apply_ranges(x, [blur_range], blur, p.sigma)
+    if perm is not None:
+        x = torch.empty_like(x).index_copy_(0, perm, x)  # back to the caller's row order
     return x
 
 

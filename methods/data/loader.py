@@ -138,7 +138,9 @@ def to_model_input(batch: dict[str, torch.Tensor], aug_cfg: ViewAugConfig, devic
     photo = batch["photo"].to(device, non_blocking=True)
     n, v, c, h, w = crops.shape
     x = crops.transpose(0, 1).reshape(v * n, c, h, w).float().div_(255.0)  # view-major (V*N, 3, S, S)
-    x = apply_photometric(x, photo.transpose(0, 1).reshape(v * n, -1), aug_cfg)
+    host = batch["photo"] if batch["photo"].device.type == "cpu" else None  # as drawn by the workers
+    x = apply_photometric(x, photo.transpose(0, 1).reshape(v * n, -1), aug_cfg,
+                          packed_host=None if host is None else host.transpose(0, 1).reshape(v * n, -1))
     m, s = _mean_std(tuple(mean), tuple(std), x.dtype, x.device)
     return x.sub_(m).div_(s).view(v, n, c, h, w)
 
