@@ -48,13 +48,14 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     from canbench.reports.collect import collect
     from canbench.reports.pdf import build_report
     from canbench.slurm.control import submit_grid
+    from canbench.status import read_status
 
     root = Path(root)
     t0 = time.perf_counter()
     specs = [g for g, _ in DEMO_GRIDS] if grids is None else grids
     # every grid is submitted before waiting: their jobs share the cores, so no core idles while one grid's
     # last run finishes (each grid's smoke profile runs local_parallelism 1-thread jobs)
-    grid_roots = []
+    grid_roots, current = [], []  # current: this demo's run folders (older ones may share a grid root)
     for i, spec in enumerate(specs, 1):
         why = dict(DEMO_GRIDS).get(spec, "")
         grid_root = root / Path(spec).stem
@@ -62,8 +63,9 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
         log.info("[%d/%d] grid %s (%s): %d runs, %d submitted, %s", i, len(specs), spec, why, len(rep.runs),
                  len(rep.submitted), ", ".join(f"{len(v)} {k}" for k, v in rep.skipped.items()) or "nothing skipped")
         grid_roots.append(grid_root)
+        current += [grid_root / r.folder_name for r in rep.runs]
     try:
-        _wait_with_progress(grid_roots)
+        _wait_with_progress(grid_roots, current)
     except KeyboardInterrupt:
         from canbench.slurm.control import cancel_grid
 
@@ -73,7 +75,7 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
         raise
     log.info("grids finished after %.0f s", time.perf_counter() - t0)
     results = collect(root)
-    failed = [p for p in root.rglob("status.json") if '"failed"' in p.read_text()]
+    failed = [d / "status.json" for d in current if read_status(d).get("state") == "failed"]
     if failed:
         log.error("%d runs failed: %s", len(failed), ", ".join(str(p.parent) for p in failed))
     check_result = None
@@ -113,8 +115,8 @@ def paper_flops_table(arch: str = "vit_large") -> pd.DataFrame | None:
     return df
 
 
-def _wait_with_progress(grid_roots: list[Path], poll_s: float = 10.0) -> None:
-    """Block until every grid is finished, logging each run's state and step as they change."""
+def _wait_with_progress(grid_roots: list[Path], runs: list[Path], poll_s: float = 10.0) -> None:
+    """Block until every grid is finished, logging the state and step of each of ``runs`` as they change."""
     from canbench.slurm.control import wait_grid
     from canbench.status import read_status
 
@@ -127,7 +129,7 @@ def _wait_with_progress(grid_roots: list[Path], poll_s: float = 10.0) -> None:
             continue
         except TimeoutError:
             pass
-        states = {p.parent.name: read_status(p.parent) for g in grid_roots for p in sorted(g.glob("*/status.json"))}
+        states = {d.name: read_status(d) for d in runs}
         done = sum(st.get("state") == "done" for st in states.values())
         active = "  ".join(f"{name.rsplit('-', 1)[0]}:{_progress(st)}" for name, st in states.items()
                            if st.get("state") not in ("done", "pending"))

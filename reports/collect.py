@@ -220,7 +220,14 @@ def _pretrain_protocol(cfg: dict) -> dict[str, Any]:
 
 
 def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None, dict | None]]:
-    """(run_dir, config, status, summary) of every run with a readable config (others warned, skipped)."""
+    """(run_dir, config, status, summary) of every run with a readable config (others warned, skipped).
+
+    Superseded grid runs are skipped with a warning: when one folder holds several runs of the same
+    grid run name (``extra.run_name``) with different run ids, i.e. the same method, axes and seed
+    launched again with another resolved config (a changed default, an added ``--set``), only the one
+    with the latest activity is reported. Reporting both would count one seed twice.
+    """
+    runs = []
     for run_dir in find_runs(root):
         cfg = _read(run_dir / "config.yaml", "yaml")
         if cfg is None:
@@ -229,9 +236,56 @@ def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None
         if not isinstance(cfg.get("method"), dict) or "name" not in cfg["method"]:
             log.warning("skipping run %s: config.yaml has no method.name", run_dir)
             continue
-        status = _read(run_dir / "status.json", "json")
-        summary = _read(run_dir / "summary.json", "json")
-        yield run_dir, cfg, status, summary
+        runs.append((run_dir, cfg))
+    skip = _superseded(runs)
+    for run_dir, cfg in runs:
+        if run_dir not in skip:
+            yield run_dir, cfg, _read(run_dir / "status.json", "json"), _read(run_dir / "summary.json", "json")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def _last_activity(run_dir: Path) -> float:
+    return max((p.stat().st_mtime for p in (run_dir / n for n in ("config.yaml", "status.json", "summary.json"))
+                if p.exists()), default=0.0)
+
+
+_WARNED_SUPERSEDED: set[tuple[str, str]] = set()
+
+
+def _superseded(runs: list[tuple[Path, dict]]) -> set[Path]:
+    """Run folders that a newer run of the same grid run name in the same folder replaces (warned)."""
+    groups: dict[tuple[Path, str], list[tuple[Path, dict]]] = {}
+    for run_dir, cfg in runs:
+        extra = cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}
+        if extra.get("run_name") and extra.get("run_id"):
+            groups.setdefault((run_dir.parent, str(extra["run_name"])), []).append((run_dir, cfg))
+    skip: set[Path] = set()
+    for (parent, name), members in groups.items():
+        if len({str(c["extra"]["run_id"]) for _, c in members}) < 2:
+            continue
+        members.sort(key=lambda m: (_last_activity(m[0]), str(m[0])))
+        keep_dir, keep_cfg = members[-1]
+        new = _flatten({k: v for k, v in keep_cfg.items() if k != "extra"})
+        for run_dir, cfg in members[:-1]:
+            old = _flatten({k: v for k, v in cfg.items() if k != "extra"})
+            diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+            if (str(run_dir), str(keep_dir)) in _WARNED_SUPERSEDED:  # once per process, not per collect()
+                skip.add(run_dir)
+                continue
+            _WARNED_SUPERSEDED.add((str(run_dir), str(keep_dir)))
+            log.warning("%s: %d runs named %r; reporting the latest, %s, and skipping %s (config differs in: %s). "
+                        "Move or delete the older folder to silence this.", parent, len(members), name,
+                        keep_dir.name, run_dir.name, ", ".join(diff) or "extra only")
+            skip.add(run_dir)
+    return skip
 
 
 # Bookkeeping numbers an eval result may carry beside its metrics: never compared (wall-clock time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,20 @@ def test_demo_runs_reports_writes_baseline_and_catches_a_regression(tmp_path: Pa
     mtimes = {p: (p.parent / "checkpoints" / "last.pt").stat().st_mtime_ns for p in runs}
     assert run_demo(**kw) == 0
     assert {p: (p.parent / "checkpoints" / "last.pt").stat().st_mtime_ns for p in runs} == mtimes
+
+    # an older launch of can-s0 with another config, which failed, left in the same grid folder (what a
+    # changed default leaves behind): superseded, so it neither fails the demo nor counts as a third seed
+    src = next(p.parent for p in runs if p.parent.name.startswith("can-s0-"))
+    stale = src.parent / "can-s0-0000000000"
+    stale.mkdir()
+    cfg = yaml.safe_load((src / "config.yaml").read_text())
+    assert cfg["extra"]["run_name"] == "can-s0"
+    cfg["extra"]["run_id"], cfg["method"]["sigma_max"] = "0000000000", 0.2
+    (stale / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (stale / "status.json").write_text('{"state": "failed", "reason": "planted"}')
+    for f in stale.iterdir():
+        os.utime(f, (1.0, 1.0))
+    assert run_demo(**kw) == 0
 
     # a planted regression: the baseline expects 40 points more kNN accuracy for CAN than the runs have
     for r in rows:

@@ -139,3 +139,31 @@ def test_grid_axes_and_paper_row(tmp_path, extra, paper_arch, paper_epochs, grid
     row = collect(tmp_path).iloc[0]
     assert (row.paper_arch, row.paper_epochs, row.grid) == (paper_arch, paper_epochs, grid)
     assert row.grid_name == (extra["grid"] if isinstance(extra.get("grid"), str) else None)
+
+
+def test_superseded_grid_runs_are_skipped_with_a_warning(tmp_path, caplog):
+    """The same grid run (name, seed) launched again with another config: report the latest only."""
+    import os
+
+    old = write_run(tmp_path, "can-s0-aaaa", "can", extra={"run_name": "can-s0", "run_id": "aaaa"},
+                    evals={"linear": {"top1": 10.0}})
+    new = write_run(tmp_path, "can-s0-bbbb", "can", extra={"run_name": "can-s0", "run_id": "bbbb"},
+                    method_cfg={"sigma_max": 0.1}, evals={"linear": {"top1": 20.0}})
+    other = write_run(tmp_path, "can-s1-cccc", "can", seed=1, extra={"run_name": "can-s1", "run_id": "cccc"},
+                      evals={"linear": {"top1": 30.0}})
+    for i, run in enumerate((new, other, old)):  # old: the earliest activity
+        for f in run.iterdir():
+            if f.is_file():
+                os.utime(f, (1000.0 + 100 * (run is not old) + i, 1000.0 + 100 * (run is not old) + i))
+    with caplog.at_level(logging.WARNING):
+        df = collect(tmp_path, include_pretrain=False)
+        pre = collect_pretrain(tmp_path)
+    lin = df[df.suite == "linear"].set_index("run_dir")["value"].to_dict()
+    assert lin == {str(new): 20.0, str(other): 30.0}
+    assert sorted(pre.run_dir) == sorted([str(new), str(other)])
+    assert "2 runs named 'can-s0'" in caplog.text and "skipping can-s0-aaaa" in caplog.text
+    assert "config differs in: method.sigma_max" in caplog.text
+    # two folders of one run name but the same run id (a copy): not a supersession, both kept
+    write_run(tmp_path / "copy", "x", "mae", extra={"run_name": "mae-s0", "run_id": "dddd"})
+    write_run(tmp_path / "copy", "y", "mae", extra={"run_name": "mae-s0", "run_id": "dddd"})
+    assert len(collect_pretrain(tmp_path / "copy")) == 2
