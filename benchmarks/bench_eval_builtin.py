@@ -1,6 +1,7 @@
 """The built-in data set as a benchmark: does pretraining beat a random encoder of the same shape?
 
-For CAN, SimCLR and MAE pretrained with the smoke preset (``canbench pretrain <m> --preset smoke``; runs
+For CAN, SimCLR and MAE pretrained with the probe preset (``canbench pretrain <m> --preset probe``: the smoke
+model, 256 steps, CAN's l_nce 0.3; ``--preset smoke`` for the 48-step demo recipe; runs
 are reused from ``--runs-dir`` when their checkpoint exists, else pretrained there) and a randomly
 initialised encoder (the same ViT, the engine's initialisation, step 0), this runs the evaluation suites
 through :func:`canbench.evaluation.suites.run_suites` and reports:
@@ -8,13 +9,14 @@ through :func:`canbench.evaluation.suites.run_suites` and reports:
 - linear probe top-1 (smoke profile: cached features, BN + linear head, LARS) and kNN top-1
   (k = 20, T = 0.07) on built-in train -> test;
 - few-shot top-1 on ``builtin_heldout`` (6 shapes never seen in pretraining), 5 and 10 shots, mean over 3 seeds;
-- finetune top-1 (smoke protocol: 1 epoch) and distribution-shift top-1 of that finetuned model on the
+- finetune top-1 (smoke protocol: 5 epochs) and distribution-shift top-1 of that finetuned model on the
   built-in variants noise_blur, rendition, new_background, occlusion (and their mean).
 
 Results are stored in each run folder's ``eval/`` (so a second invocation only reads them back), printed as
 a Markdown table (``--json`` for JSON). Example::
 
-    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-smoke
+    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-probe
+    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-smoke --preset smoke
     python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-e16 --pretrain-set optim.epochs=16
 """
 
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", default="runs/bench-eval-builtin", help="folder of the run folders")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--preset", default="smoke", help="pretraining preset (default smoke)")
+    p.add_argument("--preset", default="probe", help="pretraining preset (default probe: 256 steps, see its YAML)")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                    help="pretraining override (repeatable), e.g. optim.epochs=16")
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",

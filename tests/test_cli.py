@@ -12,7 +12,7 @@ from canbench.cli import main
 def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("smoke", "small", "vit_b_in1k", "vit_l_in1k", "vit_b_jft", "vit_l_jft"):
+    for name in ("smoke", "probe", "small", "vit_b_in1k", "vit_l_in1k", "vit_b_jft", "vit_l_jft"):
         assert name in out
     assert "mae:0.00015" in out  # per-method base lr of the paper recipes
 

@@ -130,3 +130,13 @@ def test_train_compile_is_auto_true_or_false():
     off = build_config("can", "smoke", ["train.compile=false"])
     on = build_config("can", "smoke", ["train.compile=true"])
     assert (use_compile(off, cuda), use_compile(on, cpu)) == (False, True)
+
+
+def test_probe_preset_is_smoke_with_longer_training_and_can_contrastive_weight():
+    """The built-in benchmark's preset: the smoke model, 4,096 images x 4 epochs; only CAN's l_nce differs."""
+    for m in ("can", "simclr", "mae"):
+        smoke, probe = build_config(m, "smoke").to_dict(), build_config(m, "probe").to_dict()
+        assert probe["model"] == smoke["model"]
+        assert (probe["data"]["builtin_size"], probe["optim"]["epochs"]) == (4096, 4.0)
+        assert derived(build_config(m, "probe"), 4096).total_steps == 256
+        assert probe["method"] == {**smoke["method"], **({"l_nce": 0.3} if m == "can" else {})}
