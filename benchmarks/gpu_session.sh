@@ -6,8 +6,8 @@
 #   DRY=1 bash benchmarks/gpu_session.sh /tmp/dry 300            # CPU rehearsal: vit_micro, few steps
 #
 # canbench must be importable (installed, or PYTHONPATH). Results: OUT_DIR/results.tgz (one .json /
-# .out / .err per step) and OUT_DIR/log.txt (the last lines of each step), rewritten after every step,
-# so a run stopped at its limit still leaves what it finished.
+# .out / .err per step; replaced atomically) and OUT_DIR/log.txt (the last lines of each step), rewritten
+# after every step, so a run stopped at its limit still leaves what it finished.
 set -u
 OUT=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_S]}
 BUDGET=${2:-480}
@@ -52,7 +52,7 @@ EOF
   else
     tail -n 12 "$RES/$name.out" | tee -a "$OUT/log.txt"
   fi
-  tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null
+  tar czf "$OUT/.results.tgz.tmp" -C "$RES" . 2>/dev/null && mv -f "$OUT/.results.tgz.tmp" "$OUT/results.tgz"
 }
 
 step env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, torchvision, timm, canbench; \

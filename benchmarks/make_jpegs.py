@@ -1,9 +1,9 @@
 """Write an ImageNet-like tree of synthetic JPEG files, for end-to-end throughput runs without ImageNet.
 
-``ROOT/train/classK/imgNNNNNN.jpg``: sizes drawn around ImageNet's (width 350-500, height 280-500,
-a quarter portrait), baseline JPEG at quality 90 from smooth colour fields plus pixel noise (~80 KiB a file; ImageNet's
-train files average ~110 KiB). Deterministic for a given seed; written in parallel, each file
-atomically (temp name + rename).
+``ROOT/train/classK/imgNNNNNN.jpg``: sizes drawn around ImageNet's (width 350-500 x height 280-375,
+swapped for a quarter of the files: portrait), baseline JPEG at quality 90 from smooth colour fields
+plus pixel noise (~80 KiB a file; ImageNet's train files average ~110 KiB). Deterministic for a given
+seed; written in parallel, each file atomically (temp name + rename).
 
     python -m canbench.benchmarks.make_jpegs /tmp/jpegs --images 4096 --classes 16 --workers 16
 """

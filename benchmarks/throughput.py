@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from canbench.config import Config, ConfigError, validate
+from canbench.methods.engine import autocast_dtype, build_optimizer, optimizer_step, use_compile
 
 log = logging.getLogger("canbench.benchmarks.throughput")
 
@@ -143,7 +144,6 @@ class TrainStep:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         from canbench.methods import build_method
-        from canbench.methods.engine import autocast_dtype, build_optimizer, optimizer_step
 
         torch.manual_seed(cfg.train.seed)
         self.device = device
@@ -151,17 +151,15 @@ class TrainStep:
         self.amp_dtype = autocast_dtype(cfg, device)
         self.lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
         self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype)
-        self.model: nn.Module = torch.compile(self.method) if cfg.train.compile == "true" else self.method
+        self.model: nn.Module = torch.compile(self.method) if use_compile(cfg, device) else self.method
         self.model.train()
         self.clip_grad = cfg.optim.clip_grad
-        self._optimizer_step = optimizer_step  # the engine's own step, so the benchmark times the same work
 
     @property
     def precision(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def __call__(self, batch: Batch) -> None:
-
         for g in self.optimizer.param_groups:  # the engine sets the scheduled lr each step
             g["lr"] = self.lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -169,7 +167,7 @@ class TrainStep:
             out = self.model(batch)
         loss = out["loss"]
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        self._optimizer_step(self.optimizer, self.scaler, self.method, self.clip_grad)
+        optimizer_step(self.optimizer, self.scaler, self.method, self.clip_grad)  # the engine's own step
 
 
 # ---- inputs --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from canbench.config import Config, ConfigError, Derived, derived, validate
+from canbench.config import Config, ConfigError, Derived, derived, flatten, validate
 from canbench.fingerprint import protocol_fingerprint
 from canbench.io import append_jsonl, read_jsonl, write_json, write_text, write_yaml
 from canbench.methods import build_method, checkpoint, num_views
@@ -227,7 +227,7 @@ class Trainer:
         if saved != self.cfg.to_dict():
             from canbench.fingerprint import mismatches
 
-            diff = mismatches(_flatten(saved), _flatten(self.cfg.to_dict()))
+            diff = mismatches(flatten(saved), flatten(self.cfg.to_dict()))
             raise ConfigError(f"--resume: the config differs from the checkpoint's at {path}: {diff}")
         self.method.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -398,16 +398,6 @@ class Trainer:
         enc = self.method.encoder
         torch_save_atomic({"timm_name": TIMM_NAMES[self.cfg.model.arch], "timm_kwargs": enc.timm_kwargs(),
                            "state_dict": enc.export_timm(), "step": self.step}, self.run_dir / "encoder.pt")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _flops_or_none(cfg: Config) -> dict[str, float] | None:

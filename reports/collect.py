@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from canbench.config import flatten
+from canbench.fingerprint import mismatches
 from canbench.io import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -243,15 +245,6 @@ def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None
             yield run_dir, cfg, _read(run_dir / "status.json", "json"), _read(run_dir / "summary.json", "json")
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
 def _last_activity(run_dir: Path) -> float:
     return max((p.stat().st_mtime for p in (run_dir / n for n in ("config.yaml", "status.json", "summary.json"))
                 if p.exists()), default=0.0)
@@ -273,18 +266,15 @@ def _superseded(runs: list[tuple[Path, dict]]) -> set[Path]:
             continue
         members.sort(key=lambda m: (_last_activity(m[0]), str(m[0])))
         keep_dir, keep_cfg = members[-1]
-        new = _flatten({k: v for k, v in keep_cfg.items() if k != "extra"})
         for run_dir, cfg in members[:-1]:
-            old = _flatten({k: v for k, v in cfg.items() if k != "extra"})
-            diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+            skip.add(run_dir)
             if (str(run_dir), str(keep_dir)) in _WARNED_SUPERSEDED:  # once per process, not per collect()
-                skip.add(run_dir)
                 continue
             _WARNED_SUPERSEDED.add((str(run_dir), str(keep_dir)))
+            diff = mismatches(*(flatten({k: v for k, v in c.items() if k != "extra"}) for c in (cfg, keep_cfg)))
             log.warning("%s: %d runs named %r; reporting the latest, %s, and skipping %s (config differs in: %s). "
                         "Move or delete the older folder to silence this.", parent, len(members), name,
                         keep_dir.name, run_dir.name, ", ".join(diff) or "extra only")
-            skip.add(run_dir)
     return skip
 
 
