@@ -281,9 +281,9 @@ def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
 
 
 def _preset_dir() -> Path:
-    from canbench import methods  # the presets ship with the methods package
+    from canbench import train  # the presets ship with the train package
 
-    return Path(methods.__file__).resolve().parent / "presets"
+    return Path(train.__file__).resolve().parent / "presets"
 
 
 def list_presets() -> dict[str, dict[str, Any]]:
@@ -339,7 +339,7 @@ def build_config(method: str, preset: str | None = None, overrides: list[str] | 
         _apply_dict(cfg, upd)
     resolve_method_defaults(cfg)
     if cfg.data.dataset == "builtin" and cfg.data.builtin_version is None:
-        from canbench.methods.data.builtin import BUILTIN_VERSION
+        from canbench.data.builtin import BUILTIN_VERSION
 
         cfg.data.builtin_version = BUILTIN_VERSION  # recorded, so runs on another version are never mixed
     validate(cfg, check_paths=validate_paths)
@@ -423,13 +423,13 @@ def validate(cfg: Config, world_size: int = 1, check_paths: bool = True) -> None
     _range("data.num_workers", d.num_workers, 0, math.inf)
     _range("data.builtin_size", d.builtin_size, 1, math.inf)
     if d.builtin_version is not None:
-        from canbench.methods.data.builtin import BUILTIN_VERSION
+        from canbench.data.builtin import BUILTIN_VERSION
 
         if d.dataset != "builtin":
             raise ConfigError(f"data.builtin_version={d.builtin_version!r} is set, but data.dataset={d.dataset!r}")
         if d.builtin_version != BUILTIN_VERSION:
             raise ConfigError(f"data.builtin_version={d.builtin_version!r}: this checkout renders version "
-                              f"{BUILTIN_VERSION} of the built-in data set (methods/data/builtin.py); a run made on "
+                              f"{BUILTIN_VERSION} of the built-in data set (data/builtin.py); a run made on "
                               "another version cannot be trained or resumed here")
     _range("optim.batch_size", o.batch_size, 1, math.inf)
     _range("optim.accum_steps", o.accum_steps, 1, math.inf)

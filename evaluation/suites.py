@@ -59,7 +59,7 @@ IMAGEFOLDER_EXPECTED = ("<root>/train/<class>/* and <root>/val/<class>/* (or dat
 
 def generated_sets() -> tuple[str, ...]:
     """Registered data sets that need no root (built-in family and variants, digits)."""
-    from canbench.methods.data.datasets import DATASETS
+    from canbench.data.datasets import DATASETS
 
     return tuple(n for n, s in DATASETS.items() if not s.needs_root)
 
@@ -88,7 +88,7 @@ class Source:
 
     def _load_canbench(self) -> dict[str, Any]:
         if self._ckpt is None:
-            from canbench.methods.checkpoint import load
+            from canbench.train.checkpoint import load
 
             raw = load(self.path)
             if "config" not in raw or "model" not in raw:
@@ -245,13 +245,13 @@ class DataSpec:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.label or self.name, "split": self.split}
         if self.generated and self.name != "digits":
-            from canbench.methods.data.builtin import BUILTIN_VERSION
+            from canbench.data.builtin import BUILTIN_VERSION
 
             d.update(size=self.size, seed=BUILTIN_SEED, version=BUILTIN_VERSION)
         return d
 
     def build(self, img_size: int) -> Any:
-        from canbench.methods.data.datasets import build_dataset
+        from canbench.data.datasets import build_dataset
 
         kw: dict[str, Any] = {}
         if self.generated and self.name != "digits":
@@ -282,7 +282,7 @@ def _check_dir(what: str, path: str | Path | None, key: str) -> Path:
 
 def _registry_check(name: str, root: Path, split: str, key: str) -> None:
     """The registry's required files for ``name`` / ``split`` under ``root`` (cheap path checks, no decoding)."""
-    from canbench.methods.data.datasets import check_dataset_layout
+    from canbench.data.datasets import check_dataset_layout
 
     try:
         check_dataset_layout(name, root, split)
@@ -292,7 +292,7 @@ def _registry_check(name: str, root: Path, split: str, key: str) -> None:
 
 def _eval_split(name: str) -> str:
     """``test`` when the set has one, else ``val``."""
-    from canbench.methods.data.datasets import DATASETS
+    from canbench.data.datasets import DATASETS
 
     spec = DATASETS.get(name)
     if spec is None or not spec.splits or "test" in spec.splits:
@@ -450,7 +450,7 @@ def _main_specs(ctx: Context) -> tuple[DataSpec, DataSpec]:
         return (DataSpec(ctx.dataset, "train", size=train_size),
                 DataSpec(ctx.dataset, _eval_split(ctx.dataset), size=d["test_size"]))
     root = _check_dir(f"data set {ctx.dataset!r}", d["root"], "data.root")
-    from canbench.methods.data.datasets import DATASETS
+    from canbench.data.datasets import DATASETS
 
     if ctx.dataset not in DATASETS:
         raise ConfigError(f"data.dataset={ctx.dataset!r} is not a registered data set ({', '.join(sorted(DATASETS))})")
@@ -548,7 +548,7 @@ def plan_knn(ctx: Context) -> SuitePlan:
 
 
 def _fewshot_specs(ctx: Context, name: str, s: dict[str, Any]) -> tuple[DataSpec, DataSpec]:
-    from canbench.methods.data.datasets import DATASETS
+    from canbench.data.datasets import DATASETS
 
     test_size = s["test_size"] if s["test_size"] is not None else ctx.settings["data"]["test_size"]
     if name in generated_sets():

@@ -9,7 +9,7 @@ from canbench.config import Config
 from canbench.methods.backbone import ViTEncoder, build_encoder, patchify, random_masking
 from canbench.methods.decoder import MAEDecoder
 from canbench.methods.heads import ProjectionHead
-from canbench.methods.rng import STREAM_MASK, STREAM_NOISE, STREAM_SIGMA, counter_normal, counter_uniform
+from canbench.rng import STREAM_MASK, STREAM_NOISE, STREAM_SIGMA, counter_normal, counter_uniform
 
 Batch = dict[str, torch.Tensor]
 

@@ -218,9 +218,9 @@ def _preset_file(name: str) -> str:
     """A shipped preset's YAML path (parsing one file instead of all of them per run), else ``name``."""
     if str(name).endswith((".yaml", ".yml")):
         return name
-    from canbench import methods
+    from canbench import train
 
-    p = Path(methods.__file__).resolve().parent / "presets" / f"{name}.yaml"
+    p = Path(train.__file__).resolve().parent / "presets" / f"{name}.yaml"
     return str(p) if p.is_file() else name
 
 

@@ -112,7 +112,7 @@ class RunJob(submitit.helpers.Checkpointable):
         return f"RunJob({self.run_dir!r})"
 
     def __call__(self) -> dict[str, Any]:
-        from canbench.methods.engine import Trainer
+        from canbench.train.trainer import Trainer
 
         run_dir = Path(self.run_dir)
         env = _job_env()
@@ -192,7 +192,7 @@ def save_if_ahead(trainer) -> int | None:
     """
     if trainer is None or getattr(trainer, "model", None) is None or not hasattr(trainer, "info"):
         return None
-    from canbench.methods import checkpoint as ckpt
+    from canbench.train import checkpoint as ckpt
 
     path = ckpt.checkpoint_path(trainer.run_dir)
     on_disk = 0

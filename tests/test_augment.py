@@ -12,8 +12,8 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from canbench.config import ConfigError
-from canbench.methods.data import augment as A
-from canbench.methods.data.augment import (
+from canbench.data import augment as A
+from canbench.data.augment import (
     NUM_PHOTO_PARAMS,
     TwoViewTransform,
     ViewAugConfig,
@@ -229,7 +229,7 @@ def test_hue_offsets_are_built_once_per_device() -> None:
 @pytest.mark.gpu
 def test_to_model_input_has_no_host_sync_on_cuda() -> None:
     """The photometric half of the engine's input path runs on the training stream: no host sync once warm."""
-    from canbench.methods.data.loader import to_model_input
+    from canbench.data.loader import to_model_input
 
     cfg = ViewAugConfig(img_size=32)
     n, v = 8, 2

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from canbench.config import ConfigError
-from canbench.methods.data import builtin as B
-from canbench.methods.data.builtin import (
+from canbench.data import builtin as B
+from canbench.data.builtin import (
     HELDOUT_CLASSES,
     MAIN_CLASSES,
     MIN_CONTRAST,

@@ -88,7 +88,7 @@ def test_derived_lr_and_imagenet_epochs():
 
 
 def test_builtin_data_version_is_recorded_and_enforced():
-    from canbench.methods.data.builtin import BUILTIN_VERSION
+    from canbench.data.builtin import BUILTIN_VERSION
 
     cfg = build_config("can", "smoke")
     assert cfg.data.dataset == "builtin" and cfg.data.builtin_version == BUILTIN_VERSION
@@ -117,7 +117,7 @@ def test_exponent_floats_parse_as_numbers():
 
 
 def test_train_compile_is_auto_true_or_false():
-    from canbench.methods.engine import use_compile
+    from canbench.train.trainer import use_compile
 
     assert build_config("can", "smoke").train.compile == "auto"
     for given, stored in (("true", "true"), ("false", "false"), ("on", "true"), ("auto", "auto")):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from canbench.config import ConfigError
-from canbench.methods.data.datasets import (
+from canbench.data.datasets import (
     DATASETS,
     DatasetNotFoundError,
     build_dataset,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from canbench.demo import _progress, run_demo
+from canbench.cli.demo import _progress, run_demo
 from canbench.status import read_status
 
 TINY = {
@@ -72,7 +72,7 @@ def test_progress_labels() -> None:
 
 
 def test_paper_flops_table_checks_the_vit_l_claim() -> None:
-    from canbench.demo import paper_flops_table
+    from canbench.cli.demo import paper_flops_table
     from canbench.reports.claims import HOLDS, claim_flops
 
     table = paper_flops_table()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from canbench.config import ConfigError, build_config
-from canbench.methods import checkpoint
-from canbench.methods.engine import NonFiniteLossError, Trainer, pretrain
 from canbench.status import read_status
+from canbench.train import checkpoint
+from canbench.train.trainer import NonFiniteLossError, Trainer, pretrain
 
 
 def _cfg(method: str, tiny: list[str], *extra: str):

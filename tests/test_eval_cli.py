@@ -13,7 +13,7 @@ import torch
 
 from canbench.cli import main
 from canbench.config import build_config
-from canbench.methods.data.builtin import BUILTIN_VERSION
+from canbench.data.builtin import BUILTIN_VERSION
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
                  "model.decoder_heads=2", "model.proj_hidden=64", "data.builtin_size=64", "optim.batch_size=8",
@@ -30,7 +30,7 @@ def sets(*items: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from canbench.methods.engine import pretrain
+    from canbench.train.trainer import pretrain
 
     out = tmp_path_factory.mktemp("evalcli") / "can-smoke"
     pretrain(build_config("can", "smoke", TINY_PRETRAIN), out)

@@ -270,9 +270,9 @@ def test_builtin_variants_use_the_same_path(monkeypatch):
             img[0] = 10 * (i + 1)
             return img, i % 3
 
-    fake = types.ModuleType("canbench.methods.data.builtin")
+    fake = types.ModuleType("canbench.data.builtin")
     fake.BuiltinShapes = FakeBuiltinShapes
-    monkeypatch.setitem(sys.modules, "canbench.methods.data.builtin", fake)
+    monkeypatch.setitem(sys.modules, "canbench.data.builtin", fake)
     table = {1: logits(c0=1.0), 2: logits(c1=1.0), 3: logits(c0=1.0), 4: logits(c0=1.0)}
     res = run(LUTModel(table), ["builtin", "builtin_rendition"], {}, set_options={"builtin_size": 4})
     assert res == {"builtin": 75.0, "builtin_rendition": 75.0}
@@ -280,7 +280,7 @@ def test_builtin_variants_use_the_same_path(monkeypatch):
 
 
 def test_real_builtin_shapes_sets_if_available():
-    pytest.importorskip("canbench.methods.data.builtin")
+    pytest.importorskip("canbench.data.builtin")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
     details: dict = {}

@@ -21,7 +21,7 @@ TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=3
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from canbench.methods.engine import pretrain
+    from canbench.train.trainer import pretrain
 
     out = tmp_path_factory.mktemp("suites") / "run"
     # extra.eval: evaluation settings carried by the run config (how a grid spec passes them)

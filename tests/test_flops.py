@@ -9,7 +9,9 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
-from canbench.benchmarks.flops import (
+from canbench.cli import main
+from canbench.config import build_config
+from canbench.methods.flops import (
     PARTS,
     build_counting_model,
     count_fvcore_flops,
@@ -17,8 +19,6 @@ from canbench.benchmarks.flops import (
     example_batch,
     unfused_attention,
 )
-from canbench.cli import main
-from canbench.config import build_config
 
 # ANCHORS.md: fvcore forward GMAC per image, fused attention off
 ANCHOR_GMAC = {

@@ -1,4 +1,4 @@
-"""JPEG fast path (methods/data/gpu_pipeline.py) against the reference loader, on CPU (and CUDA if present)."""
+"""JPEG fast path (data/gpu_pipeline.py) against the reference loader, on CPU (and CUDA if present)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from scipy import stats
 from torchvision.io import encode_jpeg, encode_png
 
 from canbench.config import ConfigError
-from canbench.methods.data.augment import (
+from canbench.data.augment import (
     COL_BLUR,
     COL_BRIGHTNESS,
     COL_CONTRAST,
@@ -29,8 +29,8 @@ from canbench.methods.data.augment import (
     crop_resize,
     sample_crop,
 )
-from canbench.methods.data.datasets import build_imagefolder
-from canbench.methods.data.gpu_pipeline import (
+from canbench.data.datasets import build_imagefolder
+from canbench.data.gpu_pipeline import (
     JpegViewDataset,
     NotAJpegError,
     build_jpeg_loader,
@@ -42,8 +42,8 @@ from canbench.methods.data.gpu_pipeline import (
     jpeg_to_model_input,
     sample_view_params,
 )
-from canbench.methods.data.loader import build_pretrain_loader, to_model_input
-from canbench.methods.rng import torch_generator
+from canbench.data.loader import build_pretrain_loader, to_model_input
+from canbench.rng import torch_generator
 
 # torchvision.io's decoders are deprecated in favour of TorchCodec (0.29); they are what both paths use
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from canbench.cli import main
-from canbench.slurm.cli import resolve_spec_path
+from canbench.cli.grid import resolve_spec_path
 
 
 def test_packaged_spec_names_resolve():

@@ -90,9 +90,9 @@ def param_executors(*names, slow_local: bool = False):
 
 def needs_engine():
     try:
-        import canbench.methods.data.loader  # noqa: F401
+        import canbench.data.loader  # noqa: F401
     except ImportError:
-        pytest.skip("the data pipeline (canbench.methods.data.loader) is not in this checkout yet")
+        pytest.skip("the data pipeline (canbench.data.loader) is not in this checkout yet")
 
 
 def wait_until(pred, timeout_s: float, what: str, poll_s: float = 0.2):
@@ -164,7 +164,7 @@ def test_suites_run_after_pretraining_and_their_failure_is_reported(tmp_path, mo
 
 def test_interrupted_run_resumes_from_its_checkpoint_on_resubmit(tmp_path, monkeypatch):
     """A run whose job died after its step-2 checkpoint is resubmitted and continues at step 2."""
-    from canbench.methods import checkpoint
+    from canbench.train import checkpoint
 
     needs_engine()
     spec = tiny_spec("resume", methods=("mae",))

@@ -10,7 +10,7 @@ import yaml
 from canbench.config import ConfigError
 from canbench.slurm.grid import GridError, expand, expand_all, load_spec, parse_spec, run_id_of, split_overrides
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
 SPECS = sorted([BENCH / "smoke.yaml", *(BENCH / "paper").glob("*.yaml")])
 
 

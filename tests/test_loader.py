@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from canbench.config import ConfigError
-from canbench.methods.data.augment import NUM_PHOTO_PARAMS, TwoViewTransform, ViewAugConfig, apply_photometric
-from canbench.methods.data.loader import (
+from canbench.data.augment import NUM_PHOTO_PARAMS, TwoViewTransform, ViewAugConfig, apply_photometric
+from canbench.data.loader import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PretrainDataset,
@@ -17,7 +17,7 @@ from canbench.methods.data.loader import (
     collate_views,
     to_model_input,
 )
-from canbench.methods.rng import sample_seed
+from canbench.rng import sample_seed
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: see conftest.py
 

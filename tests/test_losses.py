@@ -111,7 +111,7 @@ def test_can_reduces_to_mae(tiny_overrides):
     ("can", ["method.l_nce=0"]), ("can", ["method.lam=0"]), ("can", ["method.noise_mode=none"]),
 ])
 def test_every_parameter_gets_a_gradient_and_is_optimized(method, extra, tiny_overrides):
-    from canbench.methods.engine import param_groups
+    from canbench.train.trainer import param_groups
 
     torch.manual_seed(0)
     net = build_method(build_config(method, "smoke", tiny_overrides + extra))

@@ -5,8 +5,8 @@ import hashlib
 import PIL.Image
 import pytest
 
-from canbench.benchmarks.make_jpegs import main, write_jpegs
-from canbench.methods.data.gpu_pipeline import imagefolder_files, jpeg_info
+from canbench.benchmarks.perf.make_jpegs import main, write_jpegs
+from canbench.data.gpu_pipeline import imagefolder_files, jpeg_info
 
 
 def _digests(root):

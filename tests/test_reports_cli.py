@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from canbench.cli.report import add_check_parser, add_report_parser
 from canbench.io import read_json, write_json
-from canbench.reports.cli import add_check_parser, add_report_parser
 from canbench.reports.synthetic import write_run
 
 

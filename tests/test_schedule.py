@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from canbench.methods.schedule import warmup_cosine
+from canbench.train.schedule import warmup_cosine
 
 
 def test_warmup_is_linear_and_cosine_ends_at_min():

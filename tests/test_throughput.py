@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg
 
-from canbench.benchmarks.hardware import describe_hardware, hardware_line, measure_matmul_peak
-from canbench.benchmarks.throughput import (
+from canbench.benchmarks.perf.hardware import describe_hardware, hardware_line, measure_matmul_peak
+from canbench.benchmarks.perf.throughput import (
     ThroughputOptions,
     format_throughput_table,
     parse_data_spec,
@@ -165,7 +165,7 @@ def test_cuda_report_has_mfu(tiny_overrides):
 @pytest.mark.parametrize("method", ["can", "simclr", "mae"])
 def test_cuda_step_has_no_host_sync(method, tiny_overrides):
     """The timed model step must not synchronise the host (only time_steps' final synchronize does)."""
-    from canbench.benchmarks.throughput import TrainStep
+    from canbench.benchmarks.perf.throughput import TrainStep
 
     cfg = build_config(method, "smoke", tiny_overrides + ["train.device=cuda"], validate_paths=False)
     step = TrainStep(cfg, torch.device("cuda"))

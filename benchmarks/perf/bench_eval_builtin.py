@@ -15,9 +15,9 @@ through :func:`canbench.evaluation.suites.run_suites` and reports:
 Results are stored in each run folder's ``eval/`` (so a second invocation only reads them back), printed as
 a Markdown table (``--json`` for JSON). Example::
 
-    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-probe
-    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-smoke --preset smoke
-    python benchmarks/bench_eval_builtin.py --runs-dir runs/bench-e16 --pretrain-set optim.epochs=16
+    python benchmarks/perf/bench_eval_builtin.py --runs-dir runs/bench-probe
+    python benchmarks/perf/bench_eval_builtin.py --runs-dir runs/bench-smoke --preset smoke
+    python benchmarks/perf/bench_eval_builtin.py --runs-dir runs/bench-e16 --pretrain-set optim.epochs=16
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def config_diff(run: Path, method: str, preset: str, overrides: list[str]) -> di
 def pretrained_run(runs_dir: Path, method: str, preset: str, overrides: list[str],
                    reuse_any: bool = False) -> tuple[Path, float | None]:
     """``<runs_dir>/<method>``: reused when it holds a finished checkpoint of the same config, else pretrained."""
-    from canbench.methods.engine import pretrain
+    from canbench.train.trainer import pretrain
 
     run = runs_dir / method
     if (run / "checkpoints" / "last.pt").is_file() and (run / "summary.json").is_file():
@@ -85,7 +85,7 @@ def random_run(runs_dir: Path, preset: str, overrides: list[str], method: str = 
     """A run folder whose checkpoint holds a freshly initialised encoder (step 0) of the preset's shape."""
     from canbench.io import torch_save_atomic
     from canbench.methods.backbone import build_encoder
-    from canbench.methods.checkpoint import checkpoint_path
+    from canbench.train.checkpoint import checkpoint_path
 
     run = runs_dir / "random"
     if checkpoint_path(run).is_file():
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from canbench.benchmarks.hardware import describe_hardware, hardware_line
+    from canbench.benchmarks.perf.hardware import describe_hardware, hardware_line
     from canbench.evaluation.suites import run_suites
 
     runs_dir = Path(args.runs_dir)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if "random" in rows:  # the random baseline last, deltas against it
         rows = {**{k: v for k, v in rows.items() if k != "random"}, "random": rows["random"]}
     hw = describe_hardware(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    command = "python benchmarks/bench_eval_builtin.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/perf/bench_eval_builtin.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.json:
         json.dump({"rows": rows, "hardware": hw, "command": command, "pretrain_s": pretrain_s,
                    "timings": timings, "preset": args.preset, "pretrain_overrides": args.pretrain_set,

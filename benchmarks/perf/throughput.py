@@ -1,8 +1,8 @@
 """Training-step throughput: images/s, step time, MFU and peak memory, model-only or end to end.
 
-What is timed is the engine's step (:mod:`canbench.methods.engine`): forward under autocast (bf16 on
+What is timed is the engine's step (:mod:`canbench.train.trainer`): forward under autocast (bf16 on
 GPU, none = fp32 on CPU, ``train.precision`` overrides), backward, AdamW (fused on CUDA, as the engine
-builds it with :func:`~canbench.methods.engine.param_groups`), ``zero_grad(set_to_none=True)``.
+builds it with :func:`~canbench.train.trainer.param_groups`), ``zero_grad(set_to_none=True)``.
 
 Data modes (``ThroughputOptions.data``):
 
@@ -10,7 +10,7 @@ Data modes (``ThroughputOptions.data``):
   nothing crosses the host boundary inside the timed loop.
 * ``builtin`` / ``jpeg:/path``: end to end through the engine's pipeline (``build_dataset``,
   ``build_pretrain_loader`` with CPU workers, ``to_model_input`` on the device).
-* ``jpeg-gpu:/path``: end to end through :mod:`canbench.methods.data.gpu_pipeline` (workers read JPEG
+* ``jpeg-gpu:/path``: end to end through :mod:`canbench.data.gpu_pipeline` (workers read JPEG
   bytes and sample crop/photometric parameters; decode, crop, resize and photometric ops run batched
   on the device).
 
@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 
 from canbench.config import Config, ConfigError, validate
-from canbench.methods.engine import autocast_dtype, build_optimizer, optimizer_step, use_compile
+from canbench.train.trainer import autocast_dtype, build_optimizer, optimizer_step, use_compile
 
-log = logging.getLogger("canbench.benchmarks.throughput")
+log = logging.getLogger("canbench.benchmarks.perf.throughput")
 
 DATA_KINDS = ("synthetic", "builtin", "jpeg", "jpeg-gpu")
 Batch = dict[str, torch.Tensor]
@@ -137,7 +137,7 @@ def bench_config(cfg: Config, opts: ThroughputOptions, device: torch.device) -> 
 class TrainStep:
     """The engine's training step for one method on one device (no logging, no checkpoints).
 
-    Built like :class:`canbench.methods.engine.Trainer` builds it: seeded init, AdamW over
+    Built like :class:`canbench.train.trainer.Trainer` builds it: seeded init, AdamW over
     ``param_groups`` (fused on CUDA), GradScaler for fp16 only, optional ``torch.compile``.
     ``__call__`` enqueues one step and returns without synchronising the host.
     """
@@ -187,7 +187,7 @@ def synthetic_inputs(cfg: Config, batch: int, total_steps: int, device: torch.de
 
 def _engine_aug(cfg: Config):
     """The engine's view augmentation config (same rules as ``Trainer._build_data``)."""
-    from canbench.methods.data.augment import ViewAugConfig
+    from canbench.data.augment import ViewAugConfig
 
     d, mo = cfg.data, cfg.model
     aug = ViewAugConfig(img_size=mo.img_size, kind=d.augment, crop_scale=(d.crop_min_scale, 1.0),
@@ -200,9 +200,9 @@ def _engine_aug(cfg: Config):
 def pipeline_inputs(cfg: Config, kind: str, path: str | None, total_steps: int,
                     device: torch.device) -> Iterator[Batch]:
     """End-to-end inputs through the engine's data pipeline (CPU workers, ``to_model_input``)."""
+    from canbench.data.datasets import build_dataset
+    from canbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, to_model_input
     from canbench.methods import num_views
-    from canbench.methods.data.datasets import build_dataset
-    from canbench.methods.data.loader import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, to_model_input
 
     d, mo = cfg.data, cfg.model
     if kind == "builtin":
@@ -224,8 +224,8 @@ def pipeline_inputs(cfg: Config, kind: str, path: str | None, total_steps: int,
 def gpu_jpeg_inputs(cfg: Config, path: str, total_steps: int, device: torch.device,
                     resize: str = "interpolate") -> Iterator[Batch]:
     """End-to-end inputs through the JPEG fast path (decode + augment on ``device``)."""
+    from canbench.data.gpu_pipeline import build_jpeg_loader
     from canbench.methods import num_views
-    from canbench.methods.data.gpu_pipeline import build_jpeg_loader
 
     aug = _engine_aug(cfg)
     loader = build_jpeg_loader(path, aug, num_views=num_views(cfg.method.name), seed=cfg.train.seed,
@@ -292,8 +292,8 @@ def _peak_rss_bytes() -> int:
 def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
                      peak_flops: float | None) -> dict[str, Any]:
     """Time one method's training step; returns one result row (see module docstring for fields)."""
-    from canbench.benchmarks.flops import count_method_flops
     from canbench.methods import num_views
+    from canbench.methods.flops import count_method_flops
 
     opts = resolve_options(opts, device)
     cfg = bench_config(cfg, opts, device)
@@ -336,7 +336,7 @@ def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
 
 def run_throughput_suite(cfgs: dict[str, Config], opts: ThroughputOptions) -> dict[str, Any]:
     """Benchmark every config in ``cfgs`` (method -> Config) on one device; returns the full report."""
-    from canbench.benchmarks.hardware import describe_hardware, measure_matmul_peak
+    from canbench.benchmarks.perf.hardware import describe_hardware, measure_matmul_peak
 
     device = resolve_device(opts.device)
     opts = resolve_options(opts, device)
@@ -363,7 +363,7 @@ def _mem(b: int | None) -> str:
 
 def format_throughput_table(report: dict[str, Any]) -> str:
     """The ``canbench throughput`` table plus a hardware line and the MFU denominator."""
-    from canbench.benchmarks.hardware import hardware_line
+    from canbench.benchmarks.perf.hardware import hardware_line
 
     rows = report["rows"]
     cpu = str(report["hardware"].get("device", "cpu")).startswith("cpu")

@@ -2,8 +2,8 @@
 # One prepared GPU session: runs the GPU tests and every throughput figure BENCHMARKS.md records,
 # most important first, each under its own time limit, inside an overall budget.
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [BUDGET_S]          # on a CUDA machine, from the repo root
-#   DRY=1 bash benchmarks/gpu_session.sh /tmp/dry 300            # CPU rehearsal: vit_micro, few steps
+#   bash benchmarks/perf/gpu_session.sh OUT_DIR [BUDGET_S]          # on a CUDA machine, from the repo root
+#   DRY=1 bash benchmarks/perf/gpu_session.sh /tmp/dry 300            # CPU rehearsal: vit_micro, few steps
 #
 # canbench must be importable (installed, or PYTHONPATH). Results: OUT_DIR/results.tgz (one .json /
 # .out / .err per step; replaced atomically) and OUT_DIR/log.txt (the last lines of each step), rewritten
@@ -58,7 +58,7 @@ EOF
 step env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, torchvision, timm, canbench; \
 print(torch.__version__, torch.version.cuda, torchvision.__version__, timm.__version__, canbench.__file__); \
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no cuda\")'; nproc"
-step jpegs 120 "$PY" -m canbench.benchmarks.make_jpegs "$JPEGS" --images "$NJ" --workers "$NW"
+step jpegs 120 "$PY" -m canbench.benchmarks.perf.make_jpegs "$JPEGS" --images "$NJ" --workers "$NW"
 if [[ $DEV == cuda ]]; then
   step pytest_gpu 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_throughput.py tests/test_gpu_pipeline.py
 fi

@@ -28,10 +28,11 @@ import torch.nn as nn
 from canbench.config import Config, ConfigError, Derived, derived, flatten, validate
 from canbench.fingerprint import protocol_fingerprint
 from canbench.io import append_jsonl, read_jsonl, write_json, write_text, write_yaml
-from canbench.methods import build_method, checkpoint, num_views
-from canbench.methods.distributed import DistInfo, all_reduce_mean, init_from_env
-from canbench.methods.schedule import warmup_cosine
+from canbench.methods import build_method, num_views
+from canbench.runtime import DistInfo, all_reduce_mean, init_from_env
 from canbench.status import write_status
+from canbench.train import checkpoint
+from canbench.train.schedule import warmup_cosine
 
 log = logging.getLogger("canbench.pretrain")
 
@@ -142,15 +143,15 @@ class Trainer:
 
     # ---- set-up ---------------------------------------------------------------------------
     def _build_data(self):
-        from canbench.methods.data.augment import ViewAugConfig
-        from canbench.methods.data.datasets import build_dataset
+        from canbench.data.augment import ViewAugConfig
+        from canbench.data.datasets import build_dataset
 
         d, mo = self.cfg.data, self.cfg.model
         builtin_kw = {"size": d.builtin_size, "seed": self.cfg.train.seed} if d.dataset == "builtin" else {}
         self.jpeg_files = None
         if d.gpu_augment and d.dataset in ("imagefolder", "imagenet"):
             # fast path: workers read JPEG bytes + draw parameters; decode/crop/augment on the device
-            from canbench.methods.data.gpu_pipeline import imagefolder_files
+            from canbench.data.gpu_pipeline import imagefolder_files
 
             self.jpeg_files, _ = imagefolder_files(d.root, d.split)
             self.dataset = self.jpeg_files
@@ -164,7 +165,7 @@ class Trainer:
         self.views = num_views(self.cfg.method.name)
 
     def _loader(self, start_step: int, total_steps: int):
-        from canbench.methods.data.loader import build_pretrain_loader
+        from canbench.data.loader import build_pretrain_loader
 
         d = self.cfg.data
         kw = dict(num_views=self.views, seed=self.cfg.train.seed, global_batch=self.cfg.optim.batch_size,
@@ -173,7 +174,7 @@ class Trainer:
                   pin_memory=d.pin_memory and self.device.type == "cuda", persistent_workers=d.persistent_workers,
                   prefetch_factor=d.prefetch_factor)
         if self.jpeg_files is not None:
-            from canbench.methods.data.gpu_pipeline import build_jpeg_pretrain_loader
+            from canbench.data.gpu_pipeline import build_jpeg_pretrain_loader
 
             loader = build_jpeg_pretrain_loader(self.jpeg_files, self.aug, **kw)
         else:
@@ -184,10 +185,10 @@ class Trainer:
 
     def _model_inputs(self, loader) -> Iterator[dict[str, torch.Tensor]]:
         """Batches as model inputs {"views": (V, N, 3, S, S), "seed": (N,)} on the device."""
-        from canbench.methods.data.loader import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+        from canbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
         if self.jpeg_files is not None:
-            from canbench.methods.data.gpu_pipeline import prefetch_to_device
+            from canbench.data.gpu_pipeline import prefetch_to_device
 
             yield from prefetch_to_device(iter(loader), self.aug, self.device)
             return
@@ -403,7 +404,7 @@ class Trainer:
 def _flops_or_none(cfg: Config) -> dict[str, float] | None:
     """Per-image training FLOPs (issue 6 counter) when available; never fails a finished run."""
     try:
-        from canbench.benchmarks.flops import count_method_flops
+        from canbench.methods.flops import count_method_flops
     except ImportError:
         return None
     try:

@@ -151,7 +151,7 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m canbench.reports.cli report ...``) until canbench/cli.py wires these in."""
+    """Stand-alone entry (``python -m canbench.cli.report report ...``) until canbench/cli.py wires these in."""
     parser = argparse.ArgumentParser(prog="canbench")
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_parser(sub)

@@ -1,4 +1,4 @@
-"""canbench.methods.data: view augmentation, the built-in data set, the data set registry, the pretraining loader."""
+"""canbench.data: view augmentation, the built-in data set, the data set registry, the pretraining loader."""
 
 from .augment import (
     NUM_PHOTO_PARAMS,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .grid import SCALES, load_spec
+from canbench.slurm.grid import SCALES, load_spec
 
 
 def resolve_spec_path(spec: str) -> Path:
@@ -16,7 +16,7 @@ def resolve_spec_path(spec: str) -> Path:
         return p
     from canbench import benchmarks
 
-    base = Path(benchmarks.__file__).resolve().parent
+    base = Path(benchmarks.__file__).resolve().parent / "grids"
     for cand in (base / f"{spec}.yaml", base / "paper" / f"{spec}.yaml"):
         if cand.is_file():
             return cand
@@ -25,22 +25,22 @@ def resolve_spec_path(spec: str) -> Path:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="grid YAML (e.g. benchmarks/paper/fig6_masking_rate.yaml) or a packaged spec name")
+    p.add_argument("spec", help="grid YAML (benchmarks/grids/paper/fig6_masking_rate.yaml) or a packaged spec name")
     p.add_argument("--scale", default="smoke", choices=SCALES, help="scale profile of the spec (default: smoke)")
     p.add_argument("--root", default=None, metavar="RUNS_DIR",
                    help="run store of this grid and scale (default: runs/<grid name>/<scale>)")
 
 
 def _root(args: argparse.Namespace, spec) -> Path:
-    from .runstore import default_root
+    from canbench.slurm.runstore import default_root
 
     return Path(args.root) if args.root else default_root(spec.name, args.scale)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from .control import submit_grid
-    from .executors import ExecutorError
-    from .runstore import format_table
+    from canbench.slurm.control import submit_grid
+    from canbench.slurm.executors import ExecutorError
+    from canbench.slurm.runstore import format_table
 
     spec = load_spec(resolve_spec_path(args.spec))
     try:
@@ -51,7 +51,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return 2
     print(report.summary())
     if args.wait or args.executor == "debug":
-        from .control import status_grid
+        from canbench.slurm.control import status_grid
 
         df = status_grid(report.root)
         print(format_table(df))
@@ -60,8 +60,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .control import status_grid
-    from .runstore import STATUS_COLUMNS, format_table
+    from canbench.slurm.control import status_grid
+    from canbench.slurm.runstore import STATUS_COLUMNS, format_table
 
     spec = load_spec(resolve_spec_path(args.spec))
     root = _root(args, spec)
@@ -82,7 +82,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .control import cancel_grid
+    from canbench.slurm.control import cancel_grid
 
     spec = load_spec(resolve_spec_path(args.spec))
     done = cancel_grid(_root(args, spec))
@@ -91,7 +91,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .control import plan
+    from canbench.slurm.control import plan
 
     spec = load_spec(resolve_spec_path(args.spec))
     runs, root, res = plan(spec, args.scale, args.overrides, args.executor, args.root)

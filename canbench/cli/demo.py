@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-log = logging.getLogger("canbench.demo")
+log = logging.getLogger("canbench.cli.demo")
 
 # (grid spec, why it is in the demo); every grid runs at its `smoke` scale profile
 DEMO_GRIDS: list[tuple[str, str]] = [
-    ("benchmarks/smoke.yaml", "CAN, SimCLR, MAE x 2 seeds: the baseline the check compares against"),
-    ("benchmarks/paper/table4_losses.yaml", "Table 4: final losses of CAN, SimCLR and MAE at 50% masking"),
-    ("benchmarks/paper/table5_ablation.yaml", "Table 5: removing C, A or N from CAN"),
+    ("benchmarks/grids/smoke.yaml", "CAN, SimCLR, MAE x 2 seeds: the baseline the check compares against"),
+    ("benchmarks/grids/paper/table4_losses.yaml", "Table 4: final losses of CAN, SimCLR and MAE at 50% masking"),
+    ("benchmarks/grids/paper/table5_ablation.yaml", "Table 5: removing C, A or N from CAN"),
 ]
 DEFAULT_ROOT = "runs/demo"
 DEFAULT_PDF = "reports/out/demo.pdf"
@@ -100,8 +100,8 @@ def paper_flops_table(arch: str = "vit_large") -> pd.DataFrame | None:
     scorecard checks it even though its runs are ViT-micro."""
     import pandas as pd
 
-    from canbench.benchmarks.flops import method_flops_table
     from canbench.config import build_config
+    from canbench.methods.flops import method_flops_table
 
     try:
         rows = method_flops_table({m: build_config(m, None, {"model": {"arch": arch}}, validate_paths=False)

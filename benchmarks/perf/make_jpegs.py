@@ -5,7 +5,7 @@ swapped for a quarter of the files: portrait), baseline JPEG at quality 90 from 
 plus pixel noise (~80 KiB a file; ImageNet's train files average ~110 KiB). Deterministic for a given
 seed; written in parallel, each file atomically (temp name + rename).
 
-    python -m canbench.benchmarks.make_jpegs /tmp/jpegs --images 4096 --classes 16 --workers 16
+    python -m canbench.benchmarks.perf.make_jpegs /tmp/jpegs --images 4096 --classes 16 --workers 16
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from canbench.config import ConfigError
+from canbench.rng import STREAM_AUGMENT, sample_seed, torch_generator
 
-from ..rng import STREAM_AUGMENT, sample_seed, torch_generator
 from .augment import ViewAugConfig, sample_crop, sample_photometric
 from .loader import IMAGENET_MEAN, IMAGENET_STD, StepBatchSampler, to_model_input
 

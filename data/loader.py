@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from canbench.config import ConfigError
+from canbench.rng import STREAM_AUGMENT, sample_seed, torch_generator
 
-from ..rng import STREAM_AUGMENT, sample_seed, torch_generator
 from .augment import TwoViewTransform, ViewAugConfig, apply_photometric
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

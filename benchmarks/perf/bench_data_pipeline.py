@@ -7,7 +7,7 @@ photometric part batched in the consumer (``to_model_input``, as in the training
 on the built-in data set (pre-rendered, so only augmentation is timed) and at 224 px on synthetic
 500x375 JPEG files written to a temporary folder (decoding included), with 0 and 2 workers.
 
-    python benchmarks/bench_data_pipeline.py [--json] [--images-32 N] [--images-224 N]
+    python benchmarks/perf/bench_data_pipeline.py [--json] [--images-32 N] [--images-224 N]
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from canbench.methods.data.augment import ViewAugConfig, blur_kernel_size
-from canbench.methods.data.builtin import BuiltinShapes
-from canbench.methods.data.datasets import build_dataset
-from canbench.methods.data.loader import build_pretrain_loader, to_model_input
+from canbench.data.augment import ViewAugConfig, blur_kernel_size
+from canbench.data.builtin import BuiltinShapes
+from canbench.data.datasets import build_dataset
+from canbench.data.loader import build_pretrain_loader, to_model_input
 
 
 def simclr_pil_transform(size: int) -> T.Compose:

@@ -1,30 +1,16 @@
-"""The one command-line entry point: ``canbench <command>`` (also ``python -m canbench``).
-
-Sub-commands of later stages register themselves through ``add_*_parser(subparsers)`` functions
-in their own packages; launchers reuse :func:`build_parser`, they never redeclare flags.
-"""
+"""``canbench pretrain`` and ``canbench presets``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import logging
-import sys
 from pathlib import Path
 
+from canbench.cli.flags import add_config_args
 from canbench.config import METHOD_NAMES, ConfigError, build_config, list_presets
 
 
-def add_config_args(p: argparse.ArgumentParser, preset_default: str | None = "smoke") -> None:
-    """--preset / --set, shared by every command that builds a config."""
-    p.add_argument("--preset", default=preset_default, help="preset name (see `canbench presets`) or YAML path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set method.mask_ratio=0.5 (repeatable)")
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from canbench.methods.engine import pretrain
+    from canbench.train.trainer import pretrain
 
     cfg = build_config(args.method, args.preset, args.overrides)
     out = Path(args.out)
@@ -58,11 +44,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canbench", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_pretrain_parser(sub) -> None:
+    """Register ``canbench pretrain`` and ``canbench presets``."""
     p = sub.add_parser("pretrain", help="pretrain one method into a run folder")
     p.add_argument("method", choices=METHOD_NAMES)
     add_config_args(p)
@@ -73,40 +56,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list presets with their key settings")
     p.set_defaults(func=_cmd_presets)
-
-    for module, fn in _EXTENSIONS:
-        if importlib.util.find_spec(module) is None:  # that stage is not part of this checkout
-            continue
-        getattr(importlib.import_module(module), fn)(sub)  # a broken extension fails loudly
-    return parser
-
-
-# (module, function) pairs that add sub-commands; each takes the subparsers object.
-_EXTENSIONS: list[tuple[str, str]] = [
-    ("canbench.demo", "add_demo_parser"),
-    ("canbench.evaluation.cli", "add_evaluate_parser"),
-    ("canbench.slurm.cli", "add_grid_parser"),
-    ("canbench.reports.cli", "add_report_parser"),
-    ("canbench.reports.cli", "add_check_parser"),
-    ("canbench.benchmarks.cli", "add_flops_parser"),
-    ("canbench.benchmarks.cli", "add_throughput_parser"),
-]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"canbench: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"canbench: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

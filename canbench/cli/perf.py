@@ -1,6 +1,6 @@
 """``canbench flops`` and ``canbench throughput``: sub-commands registered by canbench.cli.
 
-Both reuse :func:`canbench.cli.add_config_args` (``--preset`` / ``--set``) and build one config per
+Both reuse :func:`canbench.cli.flags.add_config_args` (``--preset`` / ``--set``) and build one config per
 method with :func:`canbench.config.build_config`; ``--arch`` is a shorthand for ``--set model.arch=``.
 """
 
@@ -51,7 +51,7 @@ def method_configs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from canbench.cli import add_config_args
+    from canbench.cli.flags import add_config_args
 
     p.add_argument("--arch", default=None, help="model.arch shorthand (vit_micro, vit_tiny, vit_small, vit_base, "
                                                  "vit_large); default: the preset's")
@@ -115,7 +115,7 @@ def _print(result: Any, fmt: Any, as_json: bool) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     """Handler of ``canbench flops``; returns the exit code."""
-    from canbench.benchmarks.flops import method_flops_table
+    from canbench.methods.flops import method_flops_table
 
     rows = method_flops_table(method_configs(args), with_fvcore=args.fvcore)
     return _print(rows, format_flops_table, args.json)
@@ -155,7 +155,7 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 def cmd_throughput(args: argparse.Namespace) -> int:
     """Handler of ``canbench throughput``; returns the exit code."""
-    from canbench.benchmarks.throughput import ThroughputOptions, format_throughput_table, run_throughput_suite
+    from canbench.benchmarks.perf.throughput import ThroughputOptions, format_throughput_table, run_throughput_suite
 
     opts = ThroughputOptions(batch=args.batch, device=args.device, compile=args.compile, steps=args.steps,
                              warmup=args.warmup, data=args.data, workers=args.workers,

@@ -1,0 +1,48 @@
+"""The one command-line entry point: ``canbench <command>`` (also ``python -m canbench``).
+
+Every sub-command lives in a module of this package and declares its flags through :mod:`.flags`;
+nothing outside ``canbench.cli`` imports it (it is the top of the import graph, docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from canbench.cli import demo, evaluate, grid, perf, pretrain, report
+from canbench.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canbench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pretrain.add_pretrain_parser(sub)
+    demo.add_demo_parser(sub)
+    evaluate.add_evaluate_parser(sub)
+    grid.add_grid_parser(sub)
+    report.add_report_parser(sub)
+    report.add_check_parser(sub)
+    perf.add_flops_parser(sub)
+    perf.add_throughput_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"canbench: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"canbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""canbench.train: a pretraining run from recipe to checkpoint (presets, trainer, training step, checkpoints)."""
