@@ -1,8 +1,17 @@
-"""Typed configuration: dataclasses, YAML presets, ``--set a.b=value`` overrides, validation.
+"""The configuration mechanism, and the schema of a training run's config.
 
-Every error names the offending key (and the closest valid keys) or the allowed range, so a bad
-grid cell fails before any job is submitted. Derived values (effective batch, absolute lr) are
-computed by :func:`derived` and logged, never written back into the config.
+One mechanism serves every configuration in canbench: the training config (this module), the
+evaluation recipes (:mod:`canbench.evaluation.recipes`) and the grid resources
+(:mod:`canbench.slurm.spec`). Each is a tree of dataclasses with typed defaults, filled from YAML or
+``--set section.key=value`` overrides by :func:`apply`: a value is coerced to its annotation, an
+unknown key fails with the closest valid ones, and range checks (:func:`check_range`,
+:func:`check_choice`) name the key and the allowed values. Every such error is a
+:class:`ConfigError`; the command line prints ``canbench: error: ...`` and exits 2, before any work.
+
+What a method adds (its defaults and rules) lives on the method classes (:mod:`canbench.methods`);
+:func:`canbench.train.recipe.build_config` resolves a full training config from them, a preset and
+overrides. Values computed from a config (effective batch, absolute learning rates, schedule lengths,
+the crop range of the view augmentation) come from :func:`derived` and are logged, never written back.
 """
 
 from __future__ import annotations
@@ -12,12 +21,14 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-IMAGENET_TRAIN_SIZE = 1_281_167  # "ImageNet-equivalent epoch" = this many samples (paper Sec. 4.1)
+SCALES = ("smoke", "small", "paper")  # scale profiles: CPU minutes, one GPU for hours, the paper's recipe
+SUITES = ("knn", "linear", "fewshot", "finetune", "shift")  # evaluation suites, in the order `all` runs them
+IMAGENET_TRAIN_SIZE = 1_281_167  # an "ImageNet-equivalent epoch" is this many samples (paper Sec. 4.1)
+LR_SCALING = "base_lr*batch/256"  # the linear scaling rule of every learning rate in canbench
 
 ARCHS: dict[str, dict[str, int]] = {
     # name: embed_dim, depth, heads, default patch, default image size
@@ -27,136 +38,38 @@ ARCHS: dict[str, dict[str, int]] = {
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16, img_size=224),
     "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16, img_size=224),
 }
-METHOD_NAMES = ("can", "simclr", "mae")
-NOISE_MODES = ("none", "augment_only", "loss_without_sigma_embedding", "full")
+NOISE_MODES = ("none", "augment_only", "loss_without_sigma_embedding", "full")  # paper Table 1
+AUGMENTS = ("simclr", "mae")
 
 
 class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names it."""
+    """A configuration key, value, path or command-line argument is invalid; the message names it."""
 
 
-@dataclass
-class ModelConfig:
-    arch: str = "vit_micro"
-    img_size: int | None = None  # None: the arch's default
-    patch_size: int | None = None  # None: the arch's default
-    class_token: bool = False  # paper: no cls token, global average pool (App. C)
-    pool: str = "avg"  # "avg" | "cls" (cls needs class_token)
-    drop_path: float = 0.0
-    decoder_dim: int = 512  # MAE / paper App. C decoder
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    proj_hidden: int = 4096  # projection head: 2 x [FC 4096, BN, ReLU], FC 128 (App. C)
-    proj_out: int = 128
-    grad_checkpointing: bool = False  # activation checkpointing for large models / batches
+def closest(key: str, options) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the options closest to ``key``, else `` (valid: ...)``."""
+    options = [str(o) for o in options]
+    close = difflib.get_close_matches(str(key), options, n=3, cutoff=0.5)
+    if close:
+        return f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    return f" (valid: {', '.join(sorted(options))})"
 
 
-@dataclass
-class MethodConfig:
-    name: str = "can"
-    mask_ratio: float | None = None  # None: can 0.5, simclr 0.0, mae 0.75
-    l_nce: float | None = None  # weight of InfoNCE; None: can 0.03, simclr 1, mae 0
-    lam: float | None = None  # rec vs denoise split of the rest; None: can 0.7, simclr/mae 1
-    sigma_max: float | None = None  # None: can 0.05, simclr/mae 0
-    noise_mode: str | None = None  # none | augment_only | loss_without_sigma_embedding | full
-    temperature: float = 0.1
-    norm_pix_loss: bool = False  # MAE's per-patch normalised pixel target (option; paper: pixels)
+# ---- the mechanism ------------------------------------------------------------------------------
 
 
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "can": dict(mask_ratio=0.5, l_nce=0.03, lam=0.7, sigma_max=0.05, noise_mode="full"),
-    "simclr": dict(mask_ratio=0.0, l_nce=1.0, lam=1.0, sigma_max=0.0, noise_mode="none"),
-    "mae": dict(mask_ratio=0.75, l_nce=0.0, lam=1.0, sigma_max=0.0, noise_mode="none"),
-}
+def coerce(value: Any, tp: Any, key: str, strict: bool = False) -> Any:
+    """``value`` (from YAML or the command line) as the annotated type ``tp``, or a ConfigError naming ``key``.
 
-
-@dataclass
-class DataConfig:
-    dataset: str = "builtin"  # builtin | digits | imagefolder | a torchvision name (cifar10, ...)
-    root: str | None = None
-    split: str = "train"
-    augment: str = "simclr"  # simclr (paper, also for MAE: Table 8) | mae (RandomResizedCrop+flip)
-    crop_min_scale: float = 0.08
-    blur_kernel_frac: float = 0.1
-    color_jitter_strength: float = 1.0
-    builtin_size: int = 4096  # images in the built-in training split
-    builtin_version: int | None = None  # the built-in data set's version (set when built; BUILTIN_VERSION)
-    num_workers: int = 0
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
-    gpu_augment: bool = False  # apply view augmentations batched on the device (issue 6 fast path)
-
-
-@dataclass
-class OptimConfig:
-    batch_size: int = 64  # global batch (all ranks, one optimizer step, accumulation included)
-    accum_steps: int = 1
-    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    epochs: float = 1.0
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    epoch_unit: str = "dataset"  # dataset | imagenet ("ImageNet-equivalent epochs")
-    clip_grad: float | None = None
-    max_steps: int | None = None  # hard cap, for smoke runs and tests
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    # auto: torch.compile on CUDA (measured on an H100: +23-60% img/s, ~100 s to compile), eager on CPU
-    compile: str = "auto"  # auto | true | false
-    log_every: int = 10
-    ckpt_every: int = 500  # steps; a checkpoint is also written at the end
-    keep_checkpoints: int = 1
-    count_flops: bool = True  # FLOPs/image into summary.json (a few seconds at the end of a run)
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form sections owned by later stages
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
-
-
-SECTIONS = ("model", "method", "data", "optim", "train")
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclass tree -> plain dicts/lists (tuples become lists, for YAML and JSON)."""
-    if is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _closest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else (
-        f" (valid keys: {', '.join(sorted(options))})")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce a YAML/CLI value to the annotated type, or raise ConfigError naming ``key``."""
+    ``strict``: no conversion between strings, numbers and booleans (a quoted ``"2"`` is not an int); ints
+    still widen to floats and lists to tuples.
+    """
     origin = get_origin(tp)
     if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or value == "None":  # YAML null / ~ arrive as None already
+        if value is None or (value == "None" and not strict):  # YAML null / ~ arrive as None already
             return None
-        return _coerce(value, args[0], key)
+        return coerce(value, args[0], key, strict)
     if tp is type(None):
         return None
     if origin is tuple:
@@ -165,9 +78,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if origin in (list, dict) or tp in (list, dict) or tp is Any:
+        return tuple(coerce(v, a, key, strict) for v, a in zip(value, args))
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list like [a,b], got {value!r}")
+        return list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping ({key}.<name>=value), got {value!r}")
         return value
+    if tp is Any:
+        return value
+    if strict:
+        ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+              int: isinstance(value, int) and not isinstance(value, bool),
+              float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(tp, True)
+        if not ok:
+            raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -196,24 +123,68 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _apply_dict(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+def apply(obj: Any, updates: dict[str, Any], prefix: str = "", label: str = "config key", strict: bool = False) -> None:
+    """Set the fields of dataclass ``obj`` from the nested mapping ``updates`` (in place).
+
+    Nested dataclasses recurse; mapping-typed fields are deep-merged (later layers add keys); every
+    other value is coerced to its annotation. Unknown keys raise ``unknown <label> '<prefix><key>'``
+    with the closest valid keys.
+    """
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {updates!r}")
     hints = get_type_hints(type(obj))
-    names = {f.name for f in fields(obj)}
+    names = [f.name for f in fields(obj)]
     for k, v in updates.items():
         key = f"{prefix}{k}"
         if k not in names:
-            raise ConfigError(f"unknown config key {key!r}{_closest(k, names)}")
+            raise ConfigError(f"unknown {label} {key!r}{closest(k, names)}")
         cur = getattr(obj, k)
         if is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{key}: expected a mapping of keys, got {v!r}")
-            _apply_dict(cur, v, prefix=f"{key}.")
-        elif k == "extra" and isinstance(cur, dict):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{key}: expected a mapping, got {v!r}")
-            deep_merge(cur, v)
+            apply(cur, v, prefix=f"{key}.", label=label, strict=strict)
+        elif isinstance(cur, dict) and isinstance(v, dict):
+            setattr(obj, k, deep_merge(copy.deepcopy(cur), coerce(v, hints[k], key, strict)))
         else:
-            setattr(obj, k, _coerce(v, hints[k], key))
+            setattr(obj, k, coerce(v, hints[k], key, strict))
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclass tree -> plain dicts/lists (tuples become lists, for YAML and JSON)."""
+    if is_dataclass(obj):
+        if isinstance(obj, RunRecord):
+            return obj.to_dict()
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def schema_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Every leaf key of a dataclass tree as ``section.field`` (dict-typed fields are leaves)."""
+    out: list[str] = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if is_dataclass(v):
+            out += schema_keys(v, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def check_range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ``<key>=<value> is out of range: allowed [lo, hi]`` (brackets show open ends)."""
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi) or (isinstance(value, float) and math.isnan(value)):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{key}={value!r} is out of range: allowed {interval}")
+
+
+def check_choice(key: str, value: Any, options) -> None:
+    """Raise ``<key>=<value> is not one of ...`` (with the closest options)."""
+    if value not in options:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, options))}{closest(value, options)}")
 
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -245,27 +216,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    """``dst`` updated in place by ``src``: mappings merge recursively, everything else is replaced (copied)."""
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            deep_merge(dst[k], v)
-        else:
-            dst[k] = copy.deepcopy(v)
-    return dst
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (dotted keys, the inverse of :func:`overrides_to_dict`'s nesting)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict ``{"a": {"b": 1}, "c": "x"}``."""
     out: dict[str, Any] = {}
@@ -280,186 +230,260 @@ def overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def _preset_dir() -> Path:
-    from canbench import train  # the presets ship with the train package
+def deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+    """``dst`` updated in place by ``src``: mappings merge recursively, everything else is replaced (copied)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            deep_merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst
 
-    return Path(train.__file__).resolve().parent / "presets"
 
-
-def list_presets() -> dict[str, dict[str, Any]]:
-    """name -> parsed preset YAML, for every preset that ships with the package."""
-    out = {}
-    for p in sorted(_preset_dir().glob("*.yaml")):
-        with open(p) as f:
-            out[p.stem] = yaml.safe_load(f) or {}
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the inverse of :func:`nest`)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (``smoke``) or a YAML path; returns the raw preset mapping (reads one file)."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"preset file not found: {p}")
-    else:
-        p = _preset_dir() / f"{name_or_path}.yaml"
-        if not p.is_file():
-            names = [q.stem for q in _preset_dir().glob("*.yaml")]
-            raise ConfigError(f"unknown preset {name_or_path!r}{_closest(name_or_path, names)}")
-    with open(p) as f:
-        return yaml.safe_load(f) or {}
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (nested mappings are kept and merged)."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        node = out
+        parts = str(k).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {k!r} conflicts with an earlier value of {part!r}")
+        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
+            deep_merge(node[parts[-1]], v)
+        else:
+            node[parts[-1]] = copy.deepcopy(v)
+    return out
 
 
-def build_config(method: str, preset: str | None = None, overrides: list[str] | dict | None = None,
-                 validate_paths: bool = True) -> Config:
-    """Method defaults <- preset (common part, then its per-method part) <- overrides; validated."""
-    if method not in METHOD_NAMES:
-        raise ConfigError(f"unknown method {method!r}{_closest(method, METHOD_NAMES)}")
+# ---- the training config ------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_micro"
+    img_size: int | None = None  # None: the arch's default
+    patch_size: int | None = None  # None: the arch's default
+    class_token: bool = False  # paper: no cls token, global average pool (App. C)
+    pool: str = "avg"  # "avg" | "cls" (cls needs class_token)
+    drop_path: float = 0.0
+    decoder_dim: int = 512  # MAE / paper App. C decoder
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    proj_hidden: int = 4096  # projection head: 2 x [FC 4096, BN, ReLU], FC 128 (App. C)
+    proj_out: int = 128
+    grad_checkpointing: bool = False  # activation checkpointing for large models / batches
+
+
+@dataclass
+class MethodConfig:
+    """Fields left None take the method's defaults (``canbench.methods.<method>.defaults``)."""
+
+    name: str = "can"
+    mask_ratio: float | None = None
+    l_nce: float | None = None  # weight of InfoNCE
+    lam: float | None = None  # reconstruction vs denoising split of the rest
+    sigma_max: float | None = None
+    noise_mode: str | None = None  # none | augment_only | loss_without_sigma_embedding | full
+    temperature: float = 0.1
+    norm_pix_loss: bool = False  # MAE's per-patch normalised pixel target (option; paper: pixels)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "builtin"  # builtin | digits | imagefolder | a torchvision name (cifar10, ...)
+    root: str | None = None
+    split: str = "train"
+    augment: str = "simclr"  # simclr (paper, also for MAE: Table 8) | mae (RandomResizedCrop+flip)
+    crop_min_scale: float = 0.08
+    blur_kernel_frac: float = 0.1
+    color_jitter_strength: float = 1.0
+    builtin_size: int = 4096  # images in the built-in training split
+    builtin_version: int | None = None  # the built-in data set's version (set when built; BUILTIN_VERSION)
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    gpu_augment: bool = False  # decode (JPEG) and augment views batched on the device (docs/efficiency.md)
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 64  # global batch (all ranks, one optimizer step, accumulation included)
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    epochs: float = 1.0
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0  # scaled like base_lr
+    epoch_unit: str = "dataset"  # dataset | imagenet ("ImageNet-equivalent epochs")
+    clip_grad: float | None = None
+    max_steps: int | None = None  # hard cap, for smoke runs and tests
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    # auto: torch.compile on CUDA (measured on an H100: +23-60% img/s, ~100 s to compile), eager on CPU
+    compile: str = "auto"  # auto | true | false
+    log_every: int = 10
+    ckpt_every: int = 500  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 1
+    count_flops: bool = True  # FLOPs/image into summary.json (a few seconds at the end of a run)
+
+
+@dataclass
+class RunRecord:
+    """What a run *is*, beside its recipe: the ``extra`` section of its config.
+
+    Written by the grid launcher (and ``preset`` by :func:`canbench.train.recipe.build_config`), read by
+    evaluation, the grid tools and the reports. Two runs that differ only here train identically; the
+    run id hashes the whole config, so a grid run's folder name still changes with it.
+    """
+
+    preset: str | None = None  # the preset the config was built from
+    benchmark: str | None = None  # which paper table or figure: table1..table5, fig6, fig7, smoke, ...
+    grid: str | None = None  # the grid spec's name
+    scale: str | None = None  # smoke | small | paper
+    run_name: str | None = None  # method, axes and seed, e.g. can-mask0.5-s0
+    run_id: str | None = None  # hash of the rest of the config (canbench.slurm.grid.run_id_of)
+    axes: dict[str, Any] | None = None  # the grid point at the paper's nominal values
+    axes_scaled: dict[str, Any] | None = None  # axis values used at this scale, where they differ
+    suites: list[str] | None = None  # evaluation suites the grid runs after pretraining
+    eval: dict[str, Any] | None = None  # evaluation settings of this run (section -> key -> value)
+    synthetic: bool = False  # made-up results (report previews and tests)
+    random_init: bool = False  # an untrained encoder (the random-init baseline of a benchmark)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (an empty record is ``{}``); None and False are left out."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) is not None and getattr(self, f.name) is not False}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, strict: bool = True) -> RunRecord:
+        """Typed record from a config's ``extra`` mapping; ``strict=False`` ignores unknown or ill-typed keys
+        (reports read folders written by other versions and never stop on them)."""
+        rec = cls()
+        if not d:
+            return rec
+        if strict:
+            apply(rec, d, prefix="extra.")
+            return rec
+        names = {f.name for f in fields(cls)}
+        for k, v in d.items():
+            if k in names:
+                try:
+                    apply(rec, {k: v}, prefix="extra.")
+                except ConfigError:
+                    continue
+        return rec
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    extra: RunRecord = field(default_factory=RunRecord)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: to_plain(getattr(self, f.name)) for f in fields(self)}
+
+    def validate(self, world_size: int = 1) -> None:
+        """The checks every method shares (ranges, choices, shapes); method rules: the method class's ``check``."""
+        m, mo, d, o, t = self.method, self.model, self.data, self.optim, self.train
+        check_choice("model.arch", mo.arch, tuple(ARCHS))
+        check_range("method.mask_ratio", m.mask_ratio, 0.0, 1.0, hi_open=True)
+        check_range("method.l_nce", m.l_nce, 0.0, 1.0)
+        check_range("method.lam", m.lam, 0.0, 1.0)
+        check_range("method.sigma_max", m.sigma_max, 0.0, math.inf)
+        check_range("method.temperature", m.temperature, 0.0, math.inf, lo_open=True)
+        check_choice("method.noise_mode", m.noise_mode, NOISE_MODES)
+        if mo.img_size % mo.patch_size:
+            raise ConfigError(f"model.img_size={mo.img_size} is not divisible by model.patch_size={mo.patch_size}")
+        n_tokens = (mo.img_size // mo.patch_size) ** 2
+        if int(n_tokens * (1 - m.mask_ratio)) < 1:
+            raise ConfigError(f"method.mask_ratio={m.mask_ratio} keeps no token of {n_tokens}")
+        check_choice("model.pool", mo.pool, ("avg", "cls"))
+        if mo.pool == "cls" and not mo.class_token:
+            raise ConfigError("model.pool='cls' needs model.class_token=true")
+        check_range("model.drop_path", mo.drop_path, 0.0, 1.0, hi_open=True)
+        if mo.decoder_dim % mo.decoder_heads:
+            raise ConfigError(f"model.decoder_dim={mo.decoder_dim} is not divisible by "
+                              f"model.decoder_heads={mo.decoder_heads}")
+        for key in ("decoder_depth", "proj_hidden", "proj_out", "decoder_dim", "decoder_heads"):
+            check_range(f"model.{key}", getattr(mo, key), 1, math.inf)
+        check_choice("data.augment", d.augment, AUGMENTS)
+        check_range("data.crop_min_scale", d.crop_min_scale, 0.0, 1.0, lo_open=True)
+        check_range("data.blur_kernel_frac", d.blur_kernel_frac, 0.0, 1.0)
+        check_range("data.num_workers", d.num_workers, 0, math.inf)
+        check_range("data.builtin_size", d.builtin_size, 1, math.inf)
+        check_range("optim.batch_size", o.batch_size, 1, math.inf)
+        check_range("optim.accum_steps", o.accum_steps, 1, math.inf)
+        if o.batch_size % (o.accum_steps * world_size):
+            raise ConfigError(f"optim.batch_size={o.batch_size} is not divisible by accum_steps x world size "
+                              f"= {o.accum_steps} x {world_size}")
+        check_range("optim.base_lr", o.base_lr, 0.0, math.inf)
+        check_range("optim.weight_decay", o.weight_decay, 0.0, math.inf)
+        for i, b in enumerate(o.betas):
+            check_range(f"optim.betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        check_range("optim.epochs", o.epochs, 0.0, math.inf, lo_open=True)
+        check_range("optim.warmup_epochs", o.warmup_epochs, 0.0, o.epochs)
+        check_choice("optim.epoch_unit", o.epoch_unit, ("dataset", "imagenet"))
+        if o.clip_grad is not None:
+            check_range("optim.clip_grad", o.clip_grad, 0.0, math.inf, lo_open=True)
+        if o.max_steps is not None:
+            check_range("optim.max_steps", o.max_steps, 1, math.inf)
+        check_choice("train.device", t.device, ("auto", "cpu", "cuda"))
+        check_choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
+        check_choice("train.compile", t.compile, ("auto", "true", "false"))
+        check_range("train.log_every", t.log_every, 1, math.inf)
+        check_range("train.ckpt_every", t.ckpt_every, 1, math.inf)
+        check_range("train.keep_checkpoints", t.keep_checkpoints, 1, math.inf)
+        if self.extra.scale is not None:
+            check_choice("extra.scale", self.extra.scale, SCALES)
+
+
+SECTIONS = ("model", "method", "data", "optim", "train")  # the recipe; ``extra`` is the run record
+
+
+def config_keys() -> dict[str, list[str]]:
+    """Valid ``section.field`` config keys of the recipe, per section."""
     cfg = Config()
-    cfg.method.name = method
-    if preset:
-        raw = load_preset(preset)
-        allowed = {"description", "config", "methods", "scale"}
-        for k in raw:
-            if k not in allowed:
-                raise ConfigError(f"preset {preset!r}: unknown top-level key {k!r}{_closest(k, allowed)}")
-        _apply_dict(cfg, raw.get("config") or {})
-        per_method = (raw.get("methods") or {})
-        for m in per_method:
-            if m not in METHOD_NAMES:
-                raise ConfigError(f"preset {preset!r}: unknown method section {m!r}"
-                                  f"{_closest(m, METHOD_NAMES)}")
-        _apply_dict(cfg, per_method.get(method) or {})
-        cfg.extra.setdefault("preset", preset)
-    if overrides:
-        upd = overrides if isinstance(overrides, dict) else overrides_to_dict(overrides)
-        if "method" in upd and isinstance(upd["method"], dict) and "name" in upd["method"] \
-                and upd["method"]["name"] != method:
-            raise ConfigError(f"method.name={upd['method']['name']!r} contradicts the method {method!r}")
-        _apply_dict(cfg, upd)
-    resolve_method_defaults(cfg)
-    if cfg.data.dataset == "builtin" and cfg.data.builtin_version is None:
-        from canbench.data.builtin import BUILTIN_VERSION
-
-        cfg.data.builtin_version = BUILTIN_VERSION  # recorded, so runs on another version are never mixed
-    validate(cfg, check_paths=validate_paths)
-    return cfg
+    return {s: [f.name for f in fields(getattr(cfg, s))] for s in SECTIONS}
 
 
-def config_from_dict(d: dict[str, Any], validate_paths: bool = False) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (checkpoints, run folders)."""
-    cfg = Config()
-    _apply_dict(cfg, d)
-    resolve_method_defaults(cfg)
-    validate(cfg, check_paths=validate_paths)
-    return cfg
+# ---- derived values -----------------------------------------------------------------------------
 
 
-def resolve_method_defaults(cfg: Config) -> None:
-    """Fill the method's None fields with that method's defaults (in place)."""
-    defaults = METHOD_DEFAULTS.get(cfg.method.name)
-    if defaults is None:
-        raise ConfigError(f"method.name: unknown method {cfg.method.name!r}{_closest(cfg.method.name, METHOD_NAMES)}")
-    for k, v in defaults.items():
-        if getattr(cfg.method, k) is None:
-            setattr(cfg.method, k, v)
-    arch = ARCHS.get(cfg.model.arch)
-    if arch is None:
-        raise ConfigError(f"model.arch: unknown architecture {cfg.model.arch!r}{_closest(cfg.model.arch, ARCHS)}")
-    if cfg.model.img_size is None:
-        cfg.model.img_size = arch["img_size"]
-    if cfg.model.patch_size is None:
-        cfg.model.patch_size = arch["patch_size"]
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule used throughout (pretraining, linear probe, finetune): base_lr * batch / 256."""
+    return base_lr * batch_size / 256
 
 
-def _range(key: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
-    ok_lo = value > lo if lo_open else value >= lo
-    ok_hi = value < hi if hi_open else value <= hi
-    if not (ok_lo and ok_hi) or (isinstance(value, float) and math.isnan(value)):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ConfigError(f"{key}={value!r} is out of range: allowed {interval}")
-
-
-def _choice(key: str, value: str, options) -> None:
-    if value not in options:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, options))}{_closest(value, options)}")
-
-
-def validate(cfg: Config, world_size: int = 1, check_paths: bool = True) -> None:
-    """Raise ConfigError on the first invalid value, naming the key and the allowed range."""
-    m, mo, d, o, t = cfg.method, cfg.model, cfg.data, cfg.optim, cfg.train
-    _choice("method.name", m.name, METHOD_NAMES)
-    _choice("model.arch", mo.arch, tuple(ARCHS))
-    _range("method.mask_ratio", m.mask_ratio, 0.0, 1.0, hi_open=True)
-    _range("method.l_nce", m.l_nce, 0.0, 1.0)
-    _range("method.lam", m.lam, 0.0, 1.0)
-    _range("method.sigma_max", m.sigma_max, 0.0, math.inf)
-    _range("method.temperature", m.temperature, 0.0, math.inf, lo_open=True)
-    _choice("method.noise_mode", m.noise_mode, NOISE_MODES)
-    if m.name == "mae" and m.l_nce != 0.0:
-        raise ConfigError("method.l_nce must be 0 for mae (one view, no contrastive term); use method can")
-    if m.name == "simclr" and m.l_nce != 1.0:
-        raise ConfigError("method.l_nce must be 1 for simclr (contrastive only); use method can to mix losses")
-    if m.noise_mode != "none" and m.sigma_max == 0.0 and m.name == "can":
-        raise ConfigError(f"method.noise_mode={m.noise_mode!r} needs method.sigma_max > 0 "
-                          "(or set method.noise_mode=none)")
-    if mo.img_size % mo.patch_size:
-        raise ConfigError(f"model.img_size={mo.img_size} is not divisible by model.patch_size={mo.patch_size}")
-    n_tokens = (mo.img_size // mo.patch_size) ** 2
-    if int(n_tokens * (1 - m.mask_ratio)) < 1:
-        raise ConfigError(f"method.mask_ratio={m.mask_ratio} keeps no token of {n_tokens}")
-    _choice("model.pool", mo.pool, ("avg", "cls"))
-    if mo.pool == "cls" and not mo.class_token:
-        raise ConfigError("model.pool='cls' needs model.class_token=true")
-    _range("model.drop_path", mo.drop_path, 0.0, 1.0, hi_open=True)
-    if mo.decoder_dim % mo.decoder_heads:
-        raise ConfigError(f"model.decoder_dim={mo.decoder_dim} is not divisible by "
-                          f"model.decoder_heads={mo.decoder_heads}")
-    for key in ("decoder_depth", "proj_hidden", "proj_out", "decoder_dim", "decoder_heads"):
-        _range(f"model.{key}", getattr(mo, key), 1, math.inf)
-    _choice("data.augment", d.augment, ("simclr", "mae"))
-    _range("data.crop_min_scale", d.crop_min_scale, 0.0, 1.0, lo_open=True)
-    _range("data.blur_kernel_frac", d.blur_kernel_frac, 0.0, 1.0)
-    _range("data.num_workers", d.num_workers, 0, math.inf)
-    _range("data.builtin_size", d.builtin_size, 1, math.inf)
-    if d.builtin_version is not None:
-        from canbench.data.builtin import BUILTIN_VERSION
-
-        if d.dataset != "builtin":
-            raise ConfigError(f"data.builtin_version={d.builtin_version!r} is set, but data.dataset={d.dataset!r}")
-        if d.builtin_version != BUILTIN_VERSION:
-            raise ConfigError(f"data.builtin_version={d.builtin_version!r}: this checkout renders version "
-                              f"{BUILTIN_VERSION} of the built-in data set (data/builtin.py); a run made on "
-                              "another version cannot be trained or resumed here")
-    _range("optim.batch_size", o.batch_size, 1, math.inf)
-    _range("optim.accum_steps", o.accum_steps, 1, math.inf)
-    if o.batch_size % (o.accum_steps * world_size):
-        raise ConfigError(f"optim.batch_size={o.batch_size} is not divisible by accum_steps x world size "
-                          f"= {o.accum_steps} x {world_size}")
-    if m.name in ("can", "simclr") and o.batch_size // (o.accum_steps * world_size) < 2:
-        raise ConfigError("optim.batch_size per rank and micro-step must be >= 2 for the contrastive loss")
-    _range("optim.base_lr", o.base_lr, 0.0, math.inf)
-    _range("optim.weight_decay", o.weight_decay, 0.0, math.inf)
-    for i, b in enumerate(o.betas):
-        _range(f"optim.betas[{i}]", b, 0.0, 1.0, hi_open=True)
-    _range("optim.epochs", o.epochs, 0.0, math.inf, lo_open=True)
-    _range("optim.warmup_epochs", o.warmup_epochs, 0.0, o.epochs)
-    _choice("optim.epoch_unit", o.epoch_unit, ("dataset", "imagenet"))
-    if o.clip_grad is not None:
-        _range("optim.clip_grad", o.clip_grad, 0.0, math.inf, lo_open=True)
-    if o.max_steps is not None:
-        _range("optim.max_steps", o.max_steps, 1, math.inf)
-    _choice("train.device", t.device, ("auto", "cpu", "cuda"))
-    _choice("train.precision", t.precision, ("auto", "fp32", "bf16", "fp16"))
-    _choice("train.compile", t.compile, ("auto", "true", "false"))
-    _range("train.log_every", t.log_every, 1, math.inf)
-    _range("train.ckpt_every", t.ckpt_every, 1, math.inf)
-    _range("train.keep_checkpoints", t.keep_checkpoints, 1, math.inf)
-    if check_paths and d.dataset not in ("builtin", "digits"):
-        if not d.root:
-            raise ConfigError(f"data.root must be set for data.dataset={d.dataset!r}")
-        if not Path(d.root).exists():
-            raise ConfigError(f"data.root={d.root!r} does not exist (data.dataset={d.dataset!r})")
+def crop_scale(d: DataConfig) -> tuple[float, float]:
+    """The RandomResizedCrop area range of the view augmentation: ``(data.crop_min_scale, 1)``, except that
+    ``data.augment=mae`` with the SimCLR default 0.08 uses MAE's own 0.2 (docs/protocols.md §2.3)."""
+    if d.augment == "mae" and d.crop_min_scale == 0.08:
+        return (max(d.crop_min_scale, 0.2), 1.0)
+    return (d.crop_min_scale, 1.0)
 
 
 @dataclass(frozen=True)
@@ -473,12 +497,14 @@ class Derived:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    min_lr: float = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
 
 
 def derived(cfg: Config, dataset_len: int, world_size: int = 1) -> Derived:
-    """Effective batch, absolute lr (base_lr * batch / 256) and the step schedule."""
+    """Effective batch, absolute learning rates (:func:`scaled_lr`), the step schedule and the crop range."""
     o = cfg.optim
-    validate(cfg, world_size=world_size, check_paths=False)
+    cfg.validate(world_size=world_size)
     per_rank = o.batch_size // world_size
     unit = IMAGENET_TRAIN_SIZE if o.epoch_unit == "imagenet" else dataset_len
     steps_per_epoch = max(1, unit // o.batch_size)
@@ -487,22 +513,14 @@ def derived(cfg: Config, dataset_len: int, world_size: int = 1) -> Derived:
         total = min(total, o.max_steps)
     warmup = min(total, int(round(o.warmup_epochs * steps_per_epoch)))
     return Derived(world_size=world_size, per_rank_batch=per_rank, micro_batch=per_rank // o.accum_steps,
-                   lr=o.base_lr * o.batch_size / 256, steps_per_epoch=steps_per_epoch, total_steps=total,
-                   warmup_steps=warmup)
-
-
-def replace(cfg: Config, **sections) -> Config:
-    """A copy of ``cfg`` (deep), for derived runs."""
-    new = Config()
-    _apply_dict(new, cfg.to_dict())
-    for k, v in sections.items():
-        setattr(new, k, v)
-    return new
+                   lr=scaled_lr(o.base_lr, o.batch_size), steps_per_epoch=steps_per_epoch, total_steps=total,
+                   warmup_steps=warmup, min_lr=scaled_lr(o.min_lr, o.batch_size), crop_scale=crop_scale(cfg.data))
 
 
 __all__ = [
-    "ARCHS", "Config", "ConfigError", "DataConfig", "Derived", "IMAGENET_TRAIN_SIZE", "METHOD_DEFAULTS",
-    "METHOD_NAMES", "MethodConfig", "ModelConfig", "NOISE_MODES", "OptimConfig", "TrainConfig",
-    "build_config", "config_from_dict", "derived", "list_presets", "load_preset",
-    "overrides_to_dict", "parse_override", "to_plain", "validate",
+    "ARCHS", "AUGMENTS", "Config", "ConfigError", "DataConfig", "Derived", "IMAGENET_TRAIN_SIZE", "LR_SCALING",
+    "MethodConfig", "ModelConfig", "NOISE_MODES", "OptimConfig", "RunRecord", "SCALES", "SECTIONS", "SUITES",
+    "TrainConfig", "apply", "check_choice", "check_range", "closest", "coerce", "config_keys", "crop_scale",
+    "deep_merge", "derived", "flatten", "nest", "overrides_to_dict", "parse_override", "scaled_lr", "schema_keys",
+    "to_plain", "yaml_numbers",
 ]

@@ -1,10 +1,12 @@
-"""Atomic file writes (temp file in the same folder + ``os.replace``) and safe reads."""
+"""Atomic file writes (temp file in the same folder + ``os.replace``), safe reads and file locks."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,3 +88,28 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, timeout_s: float | None = None) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` (created if missing) for the ``with`` block; TimeoutError after
+    ``timeout_s`` seconds of waiting (None: wait forever). Closing the descriptor releases the lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not lock {path} within {timeout_s:.0f} s") from None
+                    time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)

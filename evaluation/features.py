@@ -15,12 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-
-def _dist_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from canbench.runtime import rank_world
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -34,7 +29,7 @@ class ContiguousShardSampler(Sampler[int]):
     """Rank r yields indices ``shard_bounds(len, r, world)`` in order: no padding, no shuffle."""
 
     def __init__(self, dataset_len: int, rank: int | None = None, world_size: int | None = None) -> None:
-        r, w = _dist_world()
+        r, w = rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
         self.dataset_len = dataset_len
@@ -49,7 +44,7 @@ class ContiguousShardSampler(Sampler[int]):
 
 def gather_variable(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``x`` (n_r, ...) along dim 0 in rank order; n_r may differ by rank."""
-    rank, world = _dist_world()
+    rank, world = rank_world()
     if world == 1:
         return x
     # all_gather needs equal shapes: exchange sizes, pad to the max, gather, trim each shard
@@ -75,7 +70,7 @@ def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
 
 def check_exact_sharding(loader: DataLoader) -> None:
     """Refuse padded / shuffled / dropping loaders when results are gathered across ranks."""
-    _, world = _dist_world()
+    _, world = rank_world()
     if getattr(loader, "drop_last", False):
         raise ValueError("evaluation loader has drop_last=True: test samples would be skipped")
     if world > 1 and not isinstance(loader.sampler, ContiguousShardSampler):

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
@@ -33,6 +32,7 @@ from canbench.evaluation.features import make_eval_loader
 from canbench.evaluation.lr_decay import param_groups_lrd
 from canbench.evaluation.schedule import scaled_lr, warmup_cosine_lr
 from canbench.evaluation.transforms import DEFAULT_CROP_PCT, TransformedDataset, eval_transform, to_pil
+from canbench.runtime import all_reduce_sum_, rank_world
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,6 @@ def train_transform(cfg: FinetuneConfig) -> Any:
     return lambda img: tf(to_pil(img))
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 (percent) over the loader's exact shards (counts summed over ranks)."""
@@ -162,8 +156,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
         top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         counts += torch.tensor([(top[:, :1] == y).sum().item(), (top == y).any(1).sum().item(), y.shape[0]],
                                dtype=torch.float64, device=device)
-    if _world()[1] > 1:
-        dist.all_reduce(counts)
+    all_reduce_sum_(counts)
     n = max(1.0, float(counts[2]))
     return {"top1": 100.0 * float(counts[0]) / n, "top5": 100.0 * float(counts[1]) / n}
 
@@ -194,7 +187,7 @@ def run_finetune(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: FinetuneCo
 
     cfg.validate()
     device = torch.device(device)
-    rank, world = _world()
+    rank, world = rank_world()
     if cfg.batch_size % world:
         raise ConfigError(f"finetune.batch_size={cfg.batch_size} is not divisible by the world size {world}")
     if cfg.mixing and (cfg.batch_size // world) % 2:

@@ -36,6 +36,7 @@ from canbench.evaluation.transforms import (
     eval_transform,
     linear_train_transform,
 )
+from canbench.runtime import rank_world
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,6 @@ def _seeded_head(dim: int, num_classes: int, seed: int) -> LinearHead:
         return LinearHead(dim, num_classes)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
                   batch: int = 4096) -> dict[str, float]:
@@ -152,7 +147,7 @@ def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
 
 def _sync_head(head: nn.Module, grads: bool) -> None:
     """Average head gradients over ranks (grads) or broadcast rank 0's BN statistics (buffers)."""
-    _, world = _world()
+    _, world = rank_world()
     if world == 1:
         return
     if grads:
@@ -239,7 +234,7 @@ def linear_probe_on_features(train_feats: torch.Tensor, train_labels: torch.Tens
 
 def _full_mode(encoder: nn.Module, train_ds: Any, val: tuple[torch.Tensor, torch.Tensor],
                cfg: LinearProbeConfig, num_classes: int, device: torch.device) -> dict[str, Any]:
-    rank, world = _world()
+    rank, world = rank_world()
     if cfg.batch_size % world:
         raise ConfigError(f"linear.batch_size={cfg.batch_size} is not divisible by the world size {world}")
     per_rank = cfg.batch_size // world

@@ -30,7 +30,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from canbench.config import ConfigError, deep_merge, load_preset, overrides_to_dict, yaml_numbers
+from canbench.config import ConfigError, deep_merge, overrides_to_dict, yaml_numbers
 
 SUITES = ("knn", "linear", "fewshot", "finetune", "shift")  # the order ``all`` runs them in
 SCALES = ("smoke", "small", "paper")
@@ -195,6 +195,8 @@ def resolve_preset(name: str | None) -> EvalPreset | None:
             raise ConfigError(f"eval preset {p}: profile/scale {profile!r} is not one of {PROFILES}")
         validate_settings(raw, f"eval preset {p} key")
         return EvalPreset(str(p), scale=scale, profile=profile, settings=raw)
+    from canbench.train.recipe import load_preset
+
     try:
         raw = load_preset(name)
     except ConfigError as e:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2 as T
@@ -29,6 +28,7 @@ from canbench.evaluation.shift_data import (
     build_shift_set,
 )
 from canbench.evaluation.transforms import DEFAULT_CROP_PCT, TransformedDataset, eval_transform
+from canbench.runtime import all_reduce_sum_
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def evaluate_set(model: nn.Module, shift_set: ShiftSet, transform: Any, *, batch
         counts += torch.tensor([float(correct.sum()), float(valid.sum()), float(len(valid))],
                                dtype=torch.float64, device=device)
     model.train(was)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(counts)
+    all_reduce_sum_(counts)
     correct_n, valid_n, n = (float(c) for c in counts)
     if valid_n == 0:
         raise ShiftDataError(f"{shift_set.name}: no valid samples to score")

@@ -37,9 +37,11 @@ from typing import Any
 
 import torch
 
-from canbench.config import ARCHS, Config, ConfigError, ModelConfig, config_from_dict, load_preset
+from canbench.config import ARCHS, Config, ConfigError, ModelConfig
 from canbench.evaluation import presets as P
 from canbench.evaluation import results as R
+from canbench.runtime import resolve_device
+from canbench.train.recipe import config_from_dict, scale_of
 
 log = logging.getLogger(__name__)
 
@@ -401,26 +403,6 @@ class SuitePlan:
     extra_done: Callable[[], str | None] = field(default=lambda: None)  # another reason to rerun, or None
 
 
-def _scale_of(cfg: Config | None) -> tuple[str, str]:
-    """(scale, why) of a pretraining config: extra.scale, else its preset's scale, else by data set / arch."""
-    if cfg is None:
-        return "paper", "public checkpoint (default)"
-    s = cfg.extra.get("scale")
-    if s in P.SCALES:
-        return s, "extra.scale"
-    preset = cfg.extra.get("preset")
-    if preset:
-        try:
-            s = load_preset(preset).get("scale")
-        except ConfigError:
-            s = None
-        if s in P.SCALES:
-            return s, f"preset {preset!r}"
-    if cfg.data.dataset in generated_sets():
-        return ("smoke" if cfg.model.arch == "vit_micro" else "small"), f"data.dataset={cfg.data.dataset}"
-    return "paper", f"data.dataset={cfg.data.dataset}"
-
-
 def _family(dataset: str) -> str:
     if dataset in IMAGENET_NAMES:
         return "imagenet"
@@ -774,15 +756,6 @@ def expand_suites(suites: Sequence[str]) -> list[str]:
     return out
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available")
-    return d
-
-
 def build_context(source: Source, out: Path, *, scale: str | None = None, preset: str | None = None,
                   overrides: list[str] | dict[str, Any] | None = None,
                   device: str | torch.device | None = None) -> Context:
@@ -795,12 +768,12 @@ def build_context(source: Source, out: Path, *, scale: str | None = None, preset
         cfg = source.pretrain_cfg
     if scale is not None and scale not in P.PROFILES:
         raise ConfigError(f"scale {scale!r} is not one of {', '.join(P.PROFILES)}")
-    auto_scale, why = _scale_of(cfg)
+    auto_scale, why = scale_of(cfg)
     profile = scale or (pre.profile if pre and pre.profile else None) or auto_scale
     if scale is None and not (pre and pre.profile):
         log.info("evaluation profile %s (from %s)", profile, why)
     scale_name = "paper" if profile == "mae" else profile
-    run_layer = P.yaml_numbers((cfg.extra.get("eval") if cfg is not None else None) or {})
+    run_layer = P.yaml_numbers((cfg.extra.eval if cfg is not None else None) or {})
     if not isinstance(run_layer, dict):
         raise ConfigError(f"extra.eval of the run config must be a mapping of evaluation settings, got {run_layer!r}")
     P.validate_settings(run_layer, "evaluation setting (extra.eval)")
@@ -844,7 +817,7 @@ def build_context(source: Source, out: Path, *, scale: str | None = None, preset
                           for sec, body in layer.items() for k in body)
     return Context(source=source, out=out, settings=settings, profile=profile, scale=scale_name,
                    family=_family(dataset), dataset=dataset, img_size=img_size, encoder_desc=enc_desc,
-                   device=_device(device), model_cfg=model_cfg, user_keys=user_keys)
+                   device=resolve_device(device), model_cfg=model_cfg, user_keys=user_keys)
 
 
 def evaluate(source: Source, suites: Sequence[str], out: str | Path | None = None, *, scale: str | None = None,

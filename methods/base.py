@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn as nn
 
-from canbench.config import Config
+from canbench.config import Config, ConfigError
 from canbench.methods.backbone import ViTEncoder, build_encoder, patchify, random_masking
 from canbench.methods.decoder import MAEDecoder
 from canbench.methods.heads import ProjectionHead
@@ -17,12 +19,30 @@ Batch = dict[str, torch.Tensor]
 class PretrainMethod(nn.Module):
     """Base: builds the parts a method needs; subclasses implement ``forward(batch) -> losses``.
 
+    A method owns what the rest of canbench needs to know about it (class attributes below): its
+    defaults for the ``method.*`` keys left unset, its rules (:meth:`check`), how many views the data
+    pipeline must make, and its named loss terms with the names tables use. Adding a method is a
+    module with a subclass plus one line in ``canbench.methods.METHODS``.
+
     ``batch["views"]``: normalised views (V, N, 3, H, W); ``batch["seed"]``: per-sample seeds (N,)
     from the data pipeline. Masks, sigma and noise are pure functions of (seed, view), so neither a
     resume, the number of workers nor the number of ranks changes what the model sees.
     """
 
-    num_views: int = 2
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # how tables and figures print it
+    num_views: ClassVar[int] = 2  # views per image the data pipeline makes
+    defaults: ClassVar[dict[str, Any]] = {}  # method.* values for the keys a config leaves unset (None)
+    loss_terms: ClassVar[dict[str, str]] = {}  # loss term -> the name tables use (paper Table 4's columns)
+    contrastive: ClassVar[bool] = False  # InfoNCE over the batch: needs >= 2 samples per rank and micro-step
+
+    @classmethod
+    def check(cls, cfg: Config, world_size: int = 1) -> None:
+        """Raise ConfigError naming the key when ``cfg`` breaks a rule of this method (shared ranges are
+        :meth:`canbench.config.Config.validate`'s)."""
+        o = cfg.optim
+        if cls.contrastive and o.batch_size // (o.accum_steps * world_size) < 2:
+            raise ConfigError("optim.batch_size per rank and micro-step must be >= 2 for the contrastive loss")
 
     def __init__(self, cfg: Config, *, head: bool, decoder: bool, sigma_embedding: bool = False) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from canbench.config import Config
+from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
 from canbench.methods.losses import info_nce, masked_patch_mse
 
@@ -18,6 +18,21 @@ class CAN(PretrainMethod):
     non-contrastive weight (lam = 1). Any weight may be 0 (Table 5: AN, CN, CA); parts whose
     weight is 0 are not built, so every parameter trains.
     """
+
+    name = "can"
+    label = "CAN"
+    num_views = 2
+    defaults = dict(mask_ratio=0.5, l_nce=0.03, lam=0.7, sigma_max=0.05, noise_mode="full")  # paper Sec. 3, 5
+    loss_terms = {"infonce": "contrastive_loss", "rec": "reconstruction_loss", "denoise": "denoise_loss"}
+    contrastive = True
+
+    @classmethod
+    def check(cls, cfg: Config, world_size: int = 1) -> None:
+        m = cfg.method
+        if m.noise_mode != "none" and m.sigma_max == 0.0:
+            raise ConfigError(f"method.noise_mode={m.noise_mode!r} needs method.sigma_max > 0 "
+                              "(or set method.noise_mode=none)")
+        super().check(cfg, world_size)
 
     def __init__(self, cfg: Config) -> None:
         m = cfg.method

@@ -98,12 +98,12 @@ def unfused_attention(model: nn.Module) -> Iterator[int]:
 
 def example_batch(cfg: Config, batch: int, device: str | torch.device = "meta") -> dict[str, torch.Tensor]:
     """A synthetic model input: views (V, batch, 3, S, S) ~ N(0, 1) and seeds (batch,) int64."""
-    from canbench.methods import num_views
+    from canbench.methods import method_class
 
     if batch < 1:
         raise ValueError(f"batch={batch} must be >= 1")
     s = cfg.model.img_size
-    v = num_views(cfg.method.name)
+    v = method_class(cfg.method.name).num_views
     views = torch.randn(v, batch, 3, s, s, device=device)
     return {"views": views, "seed": torch.arange(batch, dtype=torch.int64, device=device)}
 
@@ -136,7 +136,7 @@ def count_method_flops(cfg: Config, batch: int = 1, device: str | torch.device =
     loss_and_other), and what was counted (method, arch, img_size, views, batch, counter).
     Runs on the meta device by default: no memory, about 0.1 s for vit_micro, about 2 s for ViT-L.
     """
-    from canbench.methods import num_views
+    from canbench.methods import method_class
 
     t0 = time.perf_counter()
     model = build_counting_model(cfg, device)
@@ -161,7 +161,7 @@ def count_method_flops(cfg: Config, batch: int = 1, device: str | torch.device =
         # whose inputs need no gradient (the sigma MLP) is entered, so backward is reported in total only
         "by_module": {k: fwd_parts[k] for k in PARTS},
         "method": cfg.method.name, "arch": cfg.model.arch, "img_size": cfg.model.img_size,
-        "patch_size": cfg.model.patch_size, "views": num_views(cfg.method.name), "batch": batch,
+        "patch_size": cfg.model.patch_size, "views": method_class(cfg.method.name).num_views, "batch": batch,
         "counter": f"torch.utils.flop_counter.FlopCounterMode on {torch.device(device).type}, "
                    "unfused attention, 2 FLOPs per multiply-add, train = forward + backward measured",
         "count_seconds": time.perf_counter() - t0,

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from canbench.methods.backbone import init_weights
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from canbench.runtime import is_distributed
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -23,7 +19,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _dist_on()):
+        if not (self.training and is_distributed()):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from canbench.runtime import rank_world
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather (N_local, D) from every rank -> (N_global, D); gradients flow to each source."""
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     from torch.distributed.nn.functional import all_gather
@@ -30,7 +25,7 @@ def info_nce(u1: torch.Tensor, u2: torch.Tensor, temperature: float = 0.1) -> to
     GLOBAL batch (all ranks) as negatives. Returns the mean over this rank's 2n_local anchors; with
     DDP gradient averaging this equals the single-process loss over the concatenated batch.
     """
-    rank, world = _world()
+    rank, world = rank_world()
     n = u1.shape[0]
     g1, g2 = gather_with_grad(u1), gather_with_grad(u2)  # (n_global, r)
     n_global = g1.shape[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from canbench.config import Config
+from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
 from canbench.methods.losses import masked_patch_mse
 
@@ -12,7 +12,17 @@ from canbench.methods.losses import masked_patch_mse
 class MAE(PretrainMethod):
     """One view (the first if more are given), shared decoder, MSE on masked patches only."""
 
+    name = "mae"
+    label = "MAE†"
     num_views = 1
+    defaults = dict(mask_ratio=0.75, l_nce=0.0, lam=1.0, sigma_max=0.0, noise_mode="none")
+    loss_terms = {"rec": "reconstruction_loss"}
+
+    @classmethod
+    def check(cls, cfg: Config, world_size: int = 1) -> None:
+        if cfg.method.l_nce != 0.0:
+            raise ConfigError("method.l_nce must be 0 for mae (one view, no contrastive term); use method can")
+        super().check(cfg, world_size)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, head=False, decoder=True)

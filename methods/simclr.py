@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from canbench.config import Config
+from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
 from canbench.methods.losses import info_nce
 
@@ -14,6 +14,19 @@ class SimCLR(PretrainMethod):
 
     ``method.mask_ratio`` (default 0) masks each view independently (paper Fig. 6).
     """
+
+    name = "simclr"
+    label = "SimCLR†"
+    num_views = 2
+    defaults = dict(mask_ratio=0.0, l_nce=1.0, lam=1.0, sigma_max=0.0, noise_mode="none")
+    loss_terms = {"infonce": "contrastive_loss"}
+    contrastive = True
+
+    @classmethod
+    def check(cls, cfg: Config, world_size: int = 1) -> None:
+        if cfg.method.l_nce != 1.0:
+            raise ConfigError("method.l_nce must be 1 for simclr (contrastive only); use method can to mix losses")
+        super().check(cfg, world_size)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, head=True, decoder=False)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from canbench.status import read_status
+from canbench.rundir import RunDir
 
 from .executors import BACKENDS, FAILED_STATES, Backend, JobState, Submitted, get_backend
 from .grid import GridSpec, Run, expand_all, load_spec, split_overrides
-from .runstore import collect, default_root, grid_lock, list_runs, prepare_run, update_status
+from .runstore import collect, default_root, grid_lock, list_runs, prepare_run
 
 log = logging.getLogger("canbench.grid")
 
@@ -63,7 +63,7 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
     ``grid cancel``, makes the run ``cancelled``; one that ended FAILED / TIMEOUT / OUT_OF_MEMORY /
     NODE_FAIL makes it ``failed`` with the scheduler's state and the log's tail as reason.
     """
-    statuses = {d: read_status(d) for d in run_dirs}
+    statuses = {d: RunDir(d).read_status() for d in run_dirs}
     by_exec: dict[str, list[Path]] = {}
     for d, st in statuses.items():
         if st.get("state") in ("pending", "running") and st.get("job_id") and st.get("executor"):
@@ -94,11 +94,11 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
             out[d] = ACTIVE
             continue
         if st.get("cancel_requested") or js.state.startswith("CANCELLED"):
-            update_status(d, "cancelled", reason=f"job {st['job_id']} was cancelled ({js.detail})")
+            RunDir(d).update_status("cancelled", reason=f"job {st['job_id']} was cancelled ({js.detail})")
             out[d] = "cancelled"
         elif js.state in FAILED_STATES:
             tail = _log_tail(st.get("log_err")) or _log_tail(st.get("log_out"))
-            update_status(d, "failed", reason=f"job {st['job_id']} ended as {js.state} before the run finished",
+            RunDir(d).update_status("failed", reason=f"job {st['job_id']} ended as {js.state} before the run finished",
                           traceback=tail)
             out[d] = "failed"
         else:  # the job exited without finishing this run (stopped, killed, lost): resume it
@@ -107,19 +107,16 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
 
 
 def _record_submission(d: Path, sub: Submitted, backend: Backend, folder: Path, job_name: str) -> None:
-    from .runstore import _flock  # same lock as update_status
-
-    with _flock(d / ".status.lock", timeout_s=60):
-        st = read_status(d)
+    run = RunDir(d)
+    with run.status_lock():
+        st = run.read_status()
         state = st.get("state") if st.get("state") in ("running", "done") and st.get("job_id") == sub.job_id \
             else "pending"
         history = list(st.get("job_ids") or [])
         if sub.job_id not in history:
             history.append(sub.job_id)
-        from canbench.status import write_status
-
         extra = {"phase": "queued"} if state == "pending" else {}
-        write_status(d, state, job_id=sub.job_id, job_ids=history, executor=backend.name, job_name=job_name,
+        run.write_status(state, job_id=sub.job_id, job_ids=history, executor=backend.name, job_name=job_name,
                      submitit_folder=str(folder), log_out=sub.log_out, log_err=sub.log_err, submitted=time.time(),
                      cancel_requested=None, pid_submitter=os.getpid(), **extra)
 
@@ -205,14 +202,14 @@ def cancel_grid(root: str | Path) -> list[Path]:
         active = [d for d in dirs if kinds[d] == ACTIVE]
         by_exec: dict[str, list[Path]] = {}
         for d in active:
-            by_exec.setdefault(read_status(d)["executor"], []).append(d)
+            by_exec.setdefault(RunDir(d).read_status()["executor"], []).append(d)
         for name, ds in by_exec.items():
             now = time.time()
             for d in ds:  # mark first: a run that ends while being cancelled still counts as cancelled
-                update_status(d, None, cancel_requested=now)
-            get_backend(name).cancel([read_status(d) for d in ds])
+                RunDir(d).update_status(None, cancel_requested=now)
+            get_backend(name).cancel([RunDir(d).read_status() for d in ds])
             for d in ds:
-                update_status(d, "cancelled", reason="cancelled by `canbench grid cancel`", cancel_requested=now)
+                RunDir(d).update_status("cancelled", reason="cancelled by `canbench grid cancel`", cancel_requested=now)
             cancelled += ds
     return cancelled
 

@@ -80,12 +80,12 @@ class Backend:
 
 
 def _common_parameters(res: Resources, job_name: str) -> dict[str, Any]:
-    p: dict[str, Any] = {"name": job_name, "timeout_min": int(res["timeout_min"]), "nodes": int(res["nodes"]),
-                         "tasks_per_node": res.tasks_per_node, "cpus_per_task": int(res["cpus_per_task"])}
-    if res["gpus_per_node"]:
-        p["gpus_per_node"] = int(res["gpus_per_node"])
-    if res["mem_gb"] is not None:
-        p["mem_gb"] = res["mem_gb"]
+    p: dict[str, Any] = {"name": job_name, "timeout_min": int(res.timeout_min), "nodes": int(res.nodes),
+                         "tasks_per_node": res.ntasks_per_node, "cpus_per_task": int(res.cpus_per_task)}
+    if res.gpus_per_node:
+        p["gpus_per_node"] = int(res.gpus_per_node)
+    if res.mem_gb is not None:
+        p["mem_gb"] = res.mem_gb
     return p
 
 
@@ -103,15 +103,15 @@ class SlurmBackend(Backend):
 
     def submit(self, run_dirs: list[Path], res: Resources, folder: Path, job_name: str) -> list[Submitted]:
         self.check()
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=int(res["max_num_timeout"]))
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=int(res.max_num_timeout))
         params = _common_parameters(res, job_name)
         for key in ("partition", "account", "qos", "constraint"):
-            if res[key]:
-                params[f"slurm_{key}"] = res[key]
-        params["slurm_array_parallelism"] = int(res["slurm_array_parallelism"])
-        params["slurm_signal_delay_s"] = int(res["signal_delay_s"])
-        if res["additional"]:
-            params["slurm_additional_parameters"] = dict(res["additional"])
+            if getattr(res, key):
+                params[f"slurm_{key}"] = getattr(res, key)
+        params["slurm_array_parallelism"] = int(res.slurm_array_parallelism)
+        params["slurm_signal_delay_s"] = int(res.signal_delay_s)
+        if res.additional:
+            params["slurm_additional_parameters"] = dict(res.additional)
         ex.update_parameters(**params)
         with ex.batch():
             jobs = [ex.submit(RunJob(d)) for d in run_dirs]
@@ -238,8 +238,8 @@ class LocalBackend(Backend):
     poll_s = 1.0
 
     def check_resources(self, res: Resources) -> None:
-        if int(res["nodes"]) > 1:
-            raise ExecutorError(f"--executor local runs on one node, but the grid asks for nodes={res['nodes']}; "
+        if int(res.nodes) > 1:
+            raise ExecutorError(f"--executor local runs on one node, but the grid asks for nodes={res.nodes}; "
                                 "pass --set slurm.nodes=1 (and slurm.gpus_per_node / slurm.tasks_per_node)")
 
     def submit(self, run_dirs: list[Path], res: Resources, folder: Path, job_name: str) -> list[Submitted]:
@@ -249,10 +249,10 @@ class LocalBackend(Backend):
         params.pop("mem_gb", None)
         params.pop("cpus_per_task", None)
         ex.update_parameters(**params)
-        n = min(int(res["local_parallelism"]), len(run_dirs))
+        n = min(int(res.local_parallelism), len(run_dirs))
         lane = local_lanes(len(run_dirs), n)
         chunks = [[d for d, x in zip(run_dirs, lane) if x == i] for i in range(n)]
-        threads = local_threads(int(res["cpus_per_task"]), n, os.cpu_count() or 1)
+        threads = local_threads(int(res.cpus_per_task), n, os.cpu_count() or 1)
         subs = []
         for chunk in chunks:
             job = ex.submit(ChainJob(chunk, threads))

@@ -20,10 +20,11 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from canbench.config import METHOD_NAMES, SECTIONS, Config, ConfigError, build_config, overrides_to_dict, validate
+from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict
+from canbench.methods import METHODS
+from canbench.train.recipe import PRESET_DIR, build_config, validate
 
 from .spec import (  # noqa: F401 - spec names are re-exported: canbench.slurm.grid is the entry point
     BENCHMARKS,
@@ -172,8 +173,8 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                 try:
                     for k in point:
                         check_axis_key(k)
-                    if method not in METHOD_NAMES:
-                        raise ConfigError(f"unknown method {method!r}{closest(str(method), METHOD_NAMES)}")
+                    if method not in METHODS:
+                        raise ConfigError(f"unknown method {method!r}{closest(str(method), METHODS)}")
                     preset, alias_overrides = resolve_preset(actual.get("preset", prof.get("preset")), presets)
                     upd = copy.deepcopy(base)
                     deep_merge(upd, alias_overrides)
@@ -181,7 +182,7 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                     deep_merge(upd, nest({k: v for k, v in actual.items() if k not in SPECIAL_AXES}))
                     deep_merge(upd, {"train": {"seed": seed}})
                     cfg = build_config(method, _preset_file(preset), upd, validate_paths=check_paths)
-                    cfg.extra["preset"] = preset
+                    cfg.extra.preset = preset
                     validate(cfg, world_size=world_size, check_paths=check_paths)
                 except ConfigError as exc:
                     raise GridError(f"grid {spec.name!r}, scale {scale!r}, run {name!r}: {exc}") from None
@@ -197,14 +198,13 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                 if "method" in axis_keys:
                     axes["method"] = method
                 scaled = {k: actual[k] for k in point if actual[k] != nominal[k]}
-                cfg.extra.update({"benchmark": spec.benchmark, "grid": spec.name, "scale": scale,
-                                  "run_name": name, "axes": _plain(axes), "suites": list(suites)})
-                if scaled:
-                    cfg.extra["axes_scaled"] = _plain(scaled)
-                if eval_settings:
-                    cfg.extra["eval"] = copy.deepcopy(eval_settings)
+                rec = cfg.extra
+                rec.benchmark, rec.grid, rec.scale, rec.run_name = spec.benchmark, spec.name, scale, name
+                rec.axes, rec.suites = _plain(axes), list(suites)
+                rec.axes_scaled = _plain(scaled) or None
+                rec.eval = copy.deepcopy(eval_settings) or None
                 rid = run_id_of(cfg.to_dict())
-                cfg.extra["run_id"] = rid
+                rec.run_id = rid
                 if name in names:
                     raise GridError(f"grid {spec.name!r}, scale {scale!r}: two different runs are named {name!r}; "
                                     "add a 'variant' axis or a 'names' entry to tell them apart")
@@ -218,9 +218,7 @@ def _preset_file(name: str) -> str:
     """A shipped preset's YAML path (parsing one file instead of all of them per run), else ``name``."""
     if str(name).endswith((".yaml", ".yml")):
         return name
-    from canbench import train
-
-    p = Path(train.__file__).resolve().parent / "presets" / f"{name}.yaml"
+    p = PRESET_DIR / f"{name}.yaml"
     return str(p) if p.is_file() else name
 
 

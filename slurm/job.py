@@ -25,11 +25,8 @@ from typing import Any
 
 import submitit
 
-from canbench.config import config_from_dict
-from canbench.io import read_yaml
-from canbench.status import read_status
-
-from .runstore import CONFIG, update_status
+from canbench import runtime
+from canbench.rundir import RunDir
 
 log = logging.getLogger("canbench.grid.job")
 
@@ -119,48 +116,51 @@ class RunJob(submitit.helpers.Checkpointable):
         if env is not None and env.cluster != "debug" and not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _limit_threads()
-        cfg_dict = read_yaml(run_dir / CONFIG)
+        cfg_dict = RunDir(run_dir).read_config() or {}
         dist_env = set_distributed_env(env, salt=str(cfg_dict.get("extra", {}).get("run_id", "")))
         is_main = dist_env["RANK"] == "0"
         job_id = env.job_id if env is not None else None
         if is_main:
             self._mark_started(run_dir, env)
         try:
+            from canbench.train.recipe import config_from_dict
+
             cfg = config_from_dict(cfg_dict, validate_paths=True)
             self._trainer = Trainer(cfg, run_dir)
             summary = self._trainer.fit(resume=True)
         except Exception as exc:
             if is_main:  # the engine marks failures inside fit; this also covers set-up errors
-                st = read_status(run_dir)
+                st = RunDir(run_dir).read_status()
                 if st.get("state") != "failed" or st.get("job_id") != job_id:
-                    update_status(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}",
+                    RunDir(run_dir).update_status("failed", reason=f"{type(exc).__name__}: {exc}",
                                   traceback=traceback.format_exc(), job_id=job_id)
             raise
         finally:
-            _destroy_process_group()
+            runtime.destroy()
         if summary.get("state") == "stopped":  # stopped on request: a requeued job continues it
             return {"run_dir": self.run_dir, "state": "stopped", "step": summary.get("step")}
         self._trainer = None
         result: dict[str, Any] = {"run_dir": self.run_dir, "state": "done", "final": summary.get("final", {})}
         if not is_main:
             return result
-        suites = list(cfg.extra.get("suites") or [])
+        suites = list(cfg.extra.suites or [])
         if suites:
-            update_status(run_dir, "running", phase="eval")
+            RunDir(run_dir).update_status("running", phase="eval")
             try:
                 suite_state = run_suites_or_skip(run_dir, suites)
             except Exception as exc:
-                update_status(run_dir, "failed", phase="eval", reason=f"evaluation failed: {type(exc).__name__}: {exc}",
-                              traceback=traceback.format_exc(), job_id=job_id)
+                RunDir(run_dir).update_status("failed", phase="eval",
+                                              reason=f"evaluation failed: {type(exc).__name__}: {exc}",
+                                              traceback=traceback.format_exc(), job_id=job_id)
                 raise
             result["suites"] = suite_state
-            update_status(run_dir, "done", phase="finished", suites=suite_state, finished=time.time())
+            RunDir(run_dir).update_status("done", phase="finished", suites=suite_state, finished=time.time())
         else:
-            update_status(run_dir, "done", phase="finished", finished=time.time())
+            RunDir(run_dir).update_status("done", phase="finished", finished=time.time())
         return result
 
     def _mark_started(self, run_dir: Path, env: submitit.JobEnvironment | None) -> None:
-        st = read_status(run_dir)
+        st = RunDir(run_dir).read_status()
         fields: dict[str, Any] = {"phase": "pretrain", "host": socket.gethostname(), "pid": os.getpid(),
                                   "started": time.time(), "attempts": int(st.get("attempts", 0)) + 1}
         if env is not None:
@@ -171,13 +171,13 @@ class RunJob(submitit.helpers.Checkpointable):
                 _link_logs(run_dir, [paths.stdout, paths.stderr])
             except KeyError:  # no SUBMITIT_FOLDER (called in-process)
                 pass
-        update_status(run_dir, "running", **fields)
+        RunDir(run_dir).update_status("running", **fields)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Save the live trainer's exact state (between steps) and hand submitit a fresh job to requeue."""
         saved = save_if_ahead(self._trainer)
         try:
-            update_status(self.run_dir, "pending", phase="requeued", requeued=time.time(),
+            RunDir(self.run_dir).update_status("pending", phase="requeued", requeued=time.time(),
                           **({"step": saved} if saved is not None else {}))
         except Exception:  # noqa: BLE001 - never block a requeue on bookkeeping
             log.exception("could not record the requeue in %s", self.run_dir)
@@ -216,16 +216,9 @@ def _limit_threads() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), int(cpus))))
 
 
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _link_logs(run_dir: Path, paths: list[Path]) -> None:
     """Symlinks in ``<run>/logs/`` to the scheduler's log files of this job."""
-    logs = run_dir / "logs"
+    logs = RunDir(run_dir).logs_dir
     logs.mkdir(exist_ok=True)
     for p in paths:
         link = logs / Path(p).name
@@ -262,7 +255,7 @@ class ChainJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(int(self.threads))
         multi = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
         for d in self.run_dirs:
-            if read_status(d).get("state") == "done":
+            if RunDir(d).state == "done":
                 results.append({"run_dir": d, "state": "done", "skipped": True})
                 continue
             self._current = RunJob(d)
@@ -279,7 +272,7 @@ class ChainJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         if self._current is not None:
             self._current.checkpoint()
-        remaining = [d for d in self.run_dirs if read_status(d).get("state") != "done"]
+        remaining = [d for d in self.run_dirs if RunDir(d).state != "done"]
         return submitit.helpers.DelayedSubmission(type(self)(remaining, self.threads), *args, **kwargs)
 
 

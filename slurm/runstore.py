@@ -7,30 +7,23 @@ and whatever the engine and the evaluation suites write (``metrics.jsonl``, ``ch
 
 Concurrency: ``grid_lock(root)`` (an ``fcntl`` lock on ``<root>/.grid.lock``) is held while a
 command decides what to submit and submits it, so two racing ``grid submit`` never double-submit.
-Status updates made by this package go through :func:`update_status`, which holds a per-run lock
-for its read-modify-write (the engine's own ``write_status`` calls are atomic replaces).
+Status updates made by this package go through :meth:`canbench.rundir.RunDir.update_status`, which holds a
+per-run lock for its read-modify-write (the trainer's own status writes are atomic replaces).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from canbench.config import ConfigError
-from canbench.io import read_json, read_yaml, write_yaml
-from canbench.status import STATES, read_status, write_status
+from canbench.io import file_lock
+from canbench.rundir import STATES, RunDir
 
 LOCK_NAME = ".grid.lock"
-CONFIG = "config.yaml"
-STATUS = "status.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
 
 
 def default_root(grid_name: str, scale: str) -> Path:
@@ -39,31 +32,9 @@ def default_root(grid_name: str, scale: str) -> Path:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if timeout_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"could not lock {path} within {timeout_s:.0f} s") from None
-                    time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-@contextlib.contextmanager
 def grid_lock(root: str | Path, timeout_s: float | None = 600.0) -> Iterator[None]:
     """Exclusive lock on the grid root, held while deciding and submitting (or cancelling)."""
-    with _flock(Path(root) / LOCK_NAME, timeout_s):
+    with file_lock(Path(root) / LOCK_NAME, timeout_s):
         yield
 
 
@@ -73,27 +44,18 @@ def run_dir(root: str | Path, folder_name: str) -> Path:
 
 def prepare_run(root: str | Path, folder_name: str, cfg_dict: dict[str, Any]) -> Path:
     """Create the run folder with its config.yaml; an existing folder must hold the same config."""
-    d = run_dir(root, folder_name).resolve()
-    cfg_path = d / CONFIG
-    if cfg_path.exists():
-        old = read_yaml(cfg_path)
+    run = RunDir(run_dir(root, folder_name).resolve())
+    old = run.read_config()
+    if old is not None:
         if old != cfg_dict:
-            raise ConfigError(f"{cfg_path} holds a different config than the grid resolves for this run id; "
+            raise ConfigError(f"{run.config_path} holds a different config than the grid resolves for this run id; "
                               "move the folder away (the run id is a hash of the config, so this means it was edited)")
     else:
-        write_yaml(cfg_path, cfg_dict)
-    if not (d / STATUS).exists():
-        update_status(d, "pending", run_name=cfg_dict.get("extra", {}).get("run_name"),
-                      run_id=cfg_dict.get("extra", {}).get("run_id"))
-    return d
-
-
-def update_status(run: str | Path, state: str | None = None, **fields: Any) -> dict[str, Any]:
-    """Read-modify-write of status.json under the run's lock; ``state=None`` keeps the current state."""
-    run = Path(run)
-    with _flock(run / ".status.lock", timeout_s=60):
-        cur = read_status(run)
-        return write_status(run, state or cur.get("state", "pending"), **fields)
+        run.write_config(cfg_dict)
+    if not run.status_path.exists():
+        extra = cfg_dict.get("extra", {})
+        run.update_status("pending", run_name=extra.get("run_name"), run_id=extra.get("run_id"))
+    return run.path
 
 
 def list_runs(root: str | Path) -> list[Path]:
@@ -101,7 +63,7 @@ def list_runs(root: str | Path) -> list[Path]:
     r = Path(root)
     if not r.is_dir():
         return []
-    return sorted(p for p in r.iterdir() if p.is_dir() and (p / CONFIG).is_file())
+    return sorted(p for p in r.iterdir() if p.is_dir() and RunDir(p).config_path.is_file())
 
 
 def tail_jsonl(path: str | Path, max_bytes: int = 65536) -> dict[str, Any] | None:
@@ -127,10 +89,11 @@ def tail_jsonl(path: str | Path, max_bytes: int = 65536) -> dict[str, Any] | Non
 
 def run_record(d: Path) -> dict[str, Any]:
     """One row of the aggregate view: identity, axes, state, progress, job, final losses, suites."""
-    cfg = read_yaml(d / CONFIG) or {}
+    run = RunDir(d)
+    cfg = run.read_config() or {}
     extra = cfg.get("extra", {})
-    st = read_status(d)
-    last = tail_jsonl(d / METRICS) or {}
+    st = run.read_status()
+    last = tail_jsonl(run.metrics_path) or {}
     row: dict[str, Any] = {
         "run": extra.get("run_name", d.name),
         "run_id": extra.get("run_id"),
@@ -147,10 +110,7 @@ def run_record(d: Path) -> dict[str, Any]:
     }
     for k, v in (extra.get("axes") or {}).items():
         row[f"axis:{k}"] = v
-    try:
-        summary = read_json(d / SUMMARY)
-    except (FileNotFoundError, ValueError):
-        summary = {}
+    summary = run.read_summary() or {}
     for k, v in (summary.get("final") or {}).items():
         row[f"final:{k}"] = v
     for suite, res in (st.get("suites") or {}).items():
@@ -185,4 +145,4 @@ def format_table(df, columns: tuple[str, ...] = STATUS_COLUMNS) -> str:
 
 
 __all__ = ["collect", "default_root", "format_table", "grid_lock", "list_runs", "prepare_run", "run_record",
-           "tail_jsonl", "update_status"]
+           "tail_jsonl"]

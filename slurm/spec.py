@@ -6,49 +6,33 @@ scale profiles, resources); the values of config keys are checked when :mod:`.gr
 
 from __future__ import annotations
 
-import copy
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from canbench.config import METHOD_NAMES, ConfigError, deep_merge, overrides_to_dict
+from canbench.config import (
+    SCALES,
+    SUITES,
+    ConfigError,
+    apply,
+    check_range,
+    closest,
+    deep_merge,
+    nest,
+    overrides_to_dict,
+)
 
 BENCHMARKS = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig7", "smoke")
-SUITES = ("linear", "knn", "fewshot", "finetune", "shift")
-SCALES = ("smoke", "small", "paper")
 SPECIAL_AXES = ("method", "preset", "variant")
 SPEC_KEYS = ("name", "description", "benchmark", "methods", "axes", "seeds", "suites", "suite_seeds", "eval", "names",
              "scales", "notes")
 PROFILE_KEYS = ("preset", "presets", "overrides", "resources", "axis_values", "seeds", "suites", "suite_seeds", "eval",
                 "notes")
 
-# Resources of a scale profile (and of `--set slurm.KEY=VALUE`), with their defaults.
-RESOURCE_DEFAULTS: dict[str, Any] = {
-    "nodes": 1,
-    "gpus_per_node": 0,
-    "tasks_per_node": None,  # None: gpus_per_node, or 1 without GPUs (one task per GPU)
-    "cpus_per_task": 2,
-    "mem_gb": None,
-    "timeout_min": 60,
-    "partition": None,
-    "account": None,
-    "qos": None,
-    "constraint": None,
-    "slurm_array_parallelism": 256,
-    "max_num_timeout": 3,  # requeues after a time-out (AutoExecutor(slurm_max_num_timeout=...))
-    "signal_delay_s": 90,  # USR2 this long before the time limit
-    "local_parallelism": 1,  # concurrent local jobs (--executor local)
-    "additional": None,  # extra sbatch flags, {flag: value}
-}
-_RESOURCE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "nodes": int, "gpus_per_node": int, "tasks_per_node": int, "cpus_per_task": int, "mem_gb": (int, float),
-    "timeout_min": int, "partition": str, "account": str, "qos": str, "constraint": str,
-    "slurm_array_parallelism": int, "max_num_timeout": int, "signal_delay_s": int, "local_parallelism": int,
-    "additional": dict,
-}
 RESOURCE_PREFIXES = ("slurm.", "resources.")
 
 
@@ -56,23 +40,52 @@ class GridError(ConfigError):
     """A grid spec (or one of its runs) is invalid; the message names the grid, run and key."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resources:
-    """What one job of the grid asks the scheduler for."""
+    """What one job of the grid asks the scheduler for: a scale profile's ``resources`` <- ``--set slurm.KEY=VALUE``.
 
-    values: dict[str, Any]
+    The same typed mechanism as every config (:func:`canbench.config.apply`), strict: YAML ``"2"`` is not an int.
+    """
 
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # None: gpus_per_node, or 1 without GPUs (one task per GPU)
+    cpus_per_task: int = 2
+    mem_gb: float | None = None
+    timeout_min: int = 60
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    slurm_array_parallelism: int = 256
+    max_num_timeout: int = 3  # requeues after a time-out (AutoExecutor(slurm_max_num_timeout=...))
+    signal_delay_s: int = 90  # USR2 this long before the time limit
+    local_parallelism: int = 1  # concurrent local jobs (--executor local)
+    additional: dict[str, Any] = field(default_factory=dict)  # extra sbatch flags, {flag: value}
 
     @property
-    def tasks_per_node(self) -> int:
-        t = self.values["tasks_per_node"]
-        return int(t) if t is not None else max(1, int(self.values["gpus_per_node"]))
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def ntasks_per_node(self) -> int:
+        t = self.tasks_per_node
+        return int(t) if t is not None else max(1, int(self.gpus_per_node))
 
     @property
     def world_size(self) -> int:
-        return int(self.values["nodes"]) * self.tasks_per_node
+        return int(self.nodes) * self.ntasks_per_node
+
+    def validate(self) -> None:
+        for k in ("nodes", "cpus_per_task", "timeout_min", "slurm_array_parallelism", "local_parallelism"):
+            check_range(k, getattr(self, k), 1, math.inf)
+        for k in ("gpus_per_node", "max_num_timeout", "signal_delay_s"):
+            check_range(k, getattr(self, k), 0, math.inf)
+        if self.tasks_per_node is not None:
+            check_range("tasks_per_node", self.tasks_per_node, 1, math.inf)
+
+
+RESOURCE_DEFAULTS: dict[str, Any] = Resources().values
 
 
 @dataclass
@@ -106,31 +119,15 @@ class GridSpec:
 
     def resources(self, scale: str, overrides: dict[str, Any] | None = None) -> Resources:
         """The scale profile's resources with defaults filled in and ``overrides`` applied."""
-        res = dict(RESOURCE_DEFAULTS)
+        res = Resources()
         for src, where in ((self.profile(scale).get("resources") or {}, f"scales.{scale}.resources"),
-                           (overrides or {}, "--set slurm.")):
-            for k, v in src.items():
-                if k not in RESOURCE_DEFAULTS:
-                    raise GridError(f"grid {self.name!r}: unknown resource {k!r} in {where}"
-                                    f"{closest(k, RESOURCE_DEFAULTS)}")
-                if isinstance(v, bool) or (v is not None and not isinstance(v, _RESOURCE_TYPES[k])):
-                    raise GridError(f"grid {self.name!r}: resource {k}={v!r} in {where} must be "
-                                    f"{getattr(_RESOURCE_TYPES[k], '__name__', _RESOURCE_TYPES[k])}")
-                res[k] = v
-        for k in ("nodes", "cpus_per_task", "timeout_min", "slurm_array_parallelism", "local_parallelism"):
-            if res[k] is not None and res[k] < 1:
-                raise GridError(f"grid {self.name!r}: resource {k}={res[k]} must be >= 1")
-        if res["tasks_per_node"] is not None and res["tasks_per_node"] < 1:
-            raise GridError(f"grid {self.name!r}: resource tasks_per_node={res['tasks_per_node']} must be >= 1")
-        return Resources(res)
-
-
-def closest(key: str, options) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else \
-        f" (valid: {', '.join(sorted(options))})"
+                           (overrides or {}, "--set slurm.*")):
+            try:
+                apply(res, src, label="resource", strict=True)
+                res.validate()
+            except ConfigError as exc:
+                raise GridError(f"grid {self.name!r}: {where}: {exc}") from None
+        return res
 
 
 def _as_list(value: Any, what: str) -> list:
@@ -180,8 +177,10 @@ def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
     else:
         methods = _as_list(methods, f"{where}: methods")
         for m in methods:
-            if m not in METHOD_NAMES:
-                raise GridError(f"{where}: unknown method {m!r}{closest(str(m), METHOD_NAMES)}")
+            from canbench.methods import METHODS  # the registry imports torch: only when a spec names methods
+
+            if m not in METHODS:
+                raise GridError(f"{where}: unknown method {m!r}{closest(str(m), METHODS)}")
     seeds = _seeds(raw.get("seeds", [0]), f"{where}: seeds")
     suites = _suites(raw.get("suites", []), f"{where}: suites")
     names = raw.get("names") or {}
@@ -291,23 +290,6 @@ def group_keys(g: dict[str, Any]) -> set[str]:
     if kind == "union":
         return set().union(*(group_keys(x) for x in body))
     return set(body)
-
-
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (nested mappings are kept and merged)."""
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        node = out
-        parts = str(k).split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {k!r} conflicts with an earlier value of {part!r}")
-        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
-            deep_merge(node[parts[-1]], v)
-        else:
-            node[parts[-1]] = copy.deepcopy(v)
-    return out
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:

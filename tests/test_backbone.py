@@ -7,7 +7,6 @@ import pytest
 import timm
 import torch
 
-from canbench.config import build_config
 from canbench.methods.backbone import (
     TIMM_NAMES,
     ViTEncoder,
@@ -18,6 +17,7 @@ from canbench.methods.backbone import (
     unpatchify,
 )
 from canbench.methods.decoder import MAEDecoder
+from canbench.train.recipe import build_config
 
 
 def naive_pos_embed(dim: int, g: int) -> np.ndarray:

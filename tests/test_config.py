@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from canbench.config import ConfigError, build_config, derived, overrides_to_dict
+from canbench.config import ConfigError, derived, overrides_to_dict
+from canbench.train.recipe import build_config
 
 
 def test_method_defaults_follow_the_paper():
@@ -46,13 +47,13 @@ def test_out_of_range_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         cfg = build_config("can", "smoke", [override])
         if override.startswith("optim.batch_size=63"):
-            from canbench.config import validate
+            from canbench.train.recipe import validate
 
             validate(cfg, world_size=2)
 
 
 def test_batch_must_divide_by_world_size():
-    from canbench.config import validate
+    from canbench.train.recipe import validate
 
     cfg = build_config("can", "smoke", ["optim.batch_size=66"])
     with pytest.raises(ConfigError, match=r"not divisible by accum_steps x world size = 1 x 4"):
@@ -117,7 +118,7 @@ def test_exponent_floats_parse_as_numbers():
 
 
 def test_train_compile_is_auto_true_or_false():
-    from canbench.train.trainer import use_compile
+    from canbench.train.step import use_compile
 
     assert build_config("can", "smoke").train.compile == "auto"
     for given, stored in (("true", "true"), ("false", "false"), ("on", "true"), ("auto", "auto")):

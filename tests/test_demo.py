@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from canbench.cli.demo import _progress, run_demo
-from canbench.status import read_status
+from canbench.rundir import RunDir
 
 TINY = {
     "name": "tiny", "benchmark": "smoke", "methods": ["can", "mae"], "seeds": [0, 1], "suites": ["knn"],
@@ -28,7 +28,7 @@ def test_demo_runs_reports_writes_baseline_and_catches_a_regression(tmp_path: Pa
 
     assert run_demo(write_baseline=True, **kw) == 0
     runs = sorted((root / "tiny").glob("*/status.json"))
-    assert len(runs) == 4 and all(read_status(p.parent)["state"] == "done" for p in runs)
+    assert len(runs) == 4 and all(RunDir(p.parent).read_status()["state"] == "done" for p in runs)
     assert pdf.read_bytes()[:5] == b"%PDF-"
     rows = list(csv.DictReader(baseline.open()))
     knn = [r for r in rows if r["protocol"] == "knn" and r["metric"] == "top1"]

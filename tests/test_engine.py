@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from canbench.config import ConfigError, build_config
-from canbench.status import read_status
+from canbench.config import ConfigError
+from canbench.rundir import RunDir
 from canbench.train import checkpoint
+from canbench.train.recipe import build_config
 from canbench.train.trainer import NonFiniteLossError, Trainer, pretrain
 
 
@@ -23,29 +24,12 @@ def test_interrupted_and_resumed_run_is_bit_identical(method, tiny_overrides, tm
     full = tmp_path / "full"
     pretrain(cfg, full)
     part = tmp_path / "part"
-    t = Trainer(cfg, part)
-    # stop after 3 steps (what a requeue does), then resume in a fresh Trainer
-    orig = Trainer._loop
-
-    def stop_after_step_3(self):
-        self._stop_requested = False
-        _orig_save = self.save_checkpoint
-
-        def save_and_maybe_stop():
-            path = _orig_save()
-            if self.step >= 3:
-                self.request_stop()
-            return path
-        self.save_checkpoint = save_and_maybe_stop
-        return orig(self)
-
-    Trainer._loop = stop_after_step_3
-    try:
-        res = t.fit(resume=True)
-    finally:
-        Trainer._loop = orig
-    assert res == {"state": "stopped", "step": 4}  # ckpt_every=2: stopped after the step-4 checkpoint
-    assert read_status(part)["state"] == "running"
+    # stop after step 3 (what a preemption does); the last checkpoint is step 2 (ckpt_every=2), so the fresh
+    # Trainer resumes from step 2 and logs step 3 again
+    res = Trainer(cfg, part, stop=lambda t: t.step >= 3).fit(resume=True)
+    assert res == {"state": "stopped", "step": 3}
+    assert checkpoint.load(part)["step"] == 2
+    assert RunDir(part).read_status()["state"] == "running"
     pretrain(cfg, part, resume=True)
     a = checkpoint.load(full)
     b = checkpoint.load(part)
@@ -68,7 +52,7 @@ def test_checkpoint_holds_everything_for_resume(tiny_overrides, tmp_path):
     assert {"config", "model", "optimizer", "scaler", "scheduler", "step", "rng", "data", "code_version"} <= set(ck)
     assert set(ck["rng"]) >= {"python", "numpy", "torch"}
     assert ck["config"] == cfg.to_dict()
-    assert read_status(tmp_path)["state"] == "done"
+    assert RunDir(tmp_path).read_status()["state"] == "done"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and set(summary["final"]) == {"loss", "infonce", "rec", "denoise"}
     assert summary["fingerprint"]["method"] == "can" and "code_version" in summary["fingerprint"]
@@ -103,7 +87,7 @@ def test_non_finite_loss_stops_names_step_and_term_keeps_last_checkpoint(tiny_ov
     monkeypatch.setattr(CAN, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"'rec' at step 5"):
         pretrain(cfg, tmp_path)
-    st = read_status(tmp_path)
+    st = RunDir(tmp_path).read_status()
     assert st["state"] == "failed" and "step 5" in st["reason"] and "Traceback" in st["traceback"]
     ck = checkpoint.load(tmp_path)
     assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

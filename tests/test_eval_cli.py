@@ -12,8 +12,8 @@ import timm
 import torch
 
 from canbench.cli import main
-from canbench.config import build_config
 from canbench.data.builtin import BUILTIN_VERSION
+from canbench.train.recipe import build_config
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
                  "model.decoder_heads=2", "model.proj_hidden=64", "data.builtin_size=64", "optim.batch_size=8",

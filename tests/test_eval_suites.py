@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from canbench.config import ConfigError, build_config
+from canbench.config import ConfigError
 from canbench.evaluation import presets as P
 from canbench.evaluation import suites as S
+from canbench.train.recipe import build_config, scale_of
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
                  "model.decoder_heads=2", "model.proj_hidden=64", "data.builtin_size=64", "optim.batch_size=8",
@@ -68,12 +69,12 @@ def test_expand_suites_and_scale_of():
     assert S.expand_suites(["linear", "knn", "linear"]) == ["linear", "knn"]
     with pytest.raises(ConfigError, match="unknown evaluation suite 'lin'"):
         S.expand_suites(["lin"])
-    assert S._scale_of(build_config("can", "smoke"))[0] == "smoke"
-    assert S._scale_of(build_config("can", "small"))[0] == "small"
-    assert S._scale_of(build_config("can", "vit_b_in1k", validate_paths=False))[0] == "paper"
-    assert S._scale_of(build_config("can", None, ["extra.scale=small"]))[0] == "small"
-    assert S._scale_of(build_config("can", None))[0] == "smoke"  # vit_micro on built-in data, no preset
-    assert S._scale_of(None)[0] == "paper"  # public checkpoints
+    assert scale_of(build_config("can", "smoke"))[0] == "smoke"
+    assert scale_of(build_config("can", "small"))[0] == "small"
+    assert scale_of(build_config("can", "vit_b_in1k", validate_paths=False))[0] == "paper"
+    assert scale_of(build_config("can", None, ["extra.scale=small"]))[0] == "small"
+    assert scale_of(build_config("can", None))[0] == "smoke"  # vit_micro on built-in data, no preset
+    assert scale_of(None)[0] == "paper"  # public checkpoints
 
 
 # ---- data planning ----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from timm.models.vision_transformer import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
 from canbench.cli import main
-from canbench.config import build_config
 from canbench.methods.flops import (
     PARTS,
     build_counting_model,
@@ -19,6 +18,7 @@ from canbench.methods.flops import (
     example_batch,
     unfused_attention,
 )
+from canbench.train.recipe import build_config
 
 # ANCHORS.md: fvcore forward GMAC per image, fused attention off
 ANCHOR_GMAC = {

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from canbench.io import read_jsonl
+from canbench.rundir import RunDir
 from canbench.slurm import control
 from canbench.slurm.grid import parse_spec
 from canbench.slurm.runstore import collect, list_runs
-from canbench.status import read_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -121,7 +121,7 @@ def test_grid_completes_and_resubmit_submits_nothing(tmp_path, executor):
     assert sorted(df["method"]) == ["can", "mae", "simclr"]
     assert (df["step"] == 6).all() and df["final:loss"].notna().all()
     for d in list_runs(tmp_path / "g"):
-        st = read_status(d)
+        st = RunDir(d).read_status()
         assert st["executor"] == executor and st["phase"] == "finished"
         assert (d / "summary.json").is_file() and (d / "checkpoints" / "last.pt").is_file()
     rep2 = control.submit_grid(spec, executor=executor, root=tmp_path / "g")
@@ -154,9 +154,9 @@ def test_suites_run_after_pretraining_and_their_failure_is_reported(tmp_path, mo
     control.submit_grid(spec, executor="debug", root=tmp_path)
     ok, bad = list_runs(tmp_path)
     assert calls == [(ok, ["knn", "linear"]), (bad, ["knn", "linear"])]
-    st = read_status(ok)
+    st = RunDir(ok).read_status()
     assert st["state"] == "done" and st["suites"]["linear"]["metrics"] == {"top1": 12.5}
-    st = read_status(bad)
+    st = RunDir(bad).read_status()
     assert st["state"] == "failed" and st["phase"] == "eval" and "probe diverged" in st["reason"]
     assert "RuntimeError: probe diverged" in st["traceback"]
     assert (bad / "checkpoints" / "last.pt").is_file()  # the pretraining result is kept
@@ -178,12 +178,13 @@ def test_interrupted_run_resumes_from_its_checkpoint_on_resubmit(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         control.submit_grid(spec, executor="debug", root=tmp_path)
     (d,) = list_runs(tmp_path)
-    assert read_status(d)["state"] == "running" and [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == [1, 2]
+    assert RunDir(d).read_status()["state"] == "running"
+    assert [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == [1, 2]
     monkeypatch.setattr(checkpoint, "save", real_save)
     assert control.reconcile([d])[d] == "resumable"
     rep = control.submit_grid(spec, executor="debug", root=tmp_path)
     assert rep.submitted == [d]
-    st = read_status(d)
+    st = RunDir(d).read_status()
     assert st["state"] == "done" and st["attempts"] == 2
     assert [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert torch.load(d / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
@@ -198,7 +199,7 @@ def test_two_task_ddp_matches_one_process(tmp_path, executor):
     control.submit_grid(spec1, executor="debug", root=tmp_path / "one")
     (two,), (one,) = list_runs(tmp_path / "two"), list_runs(tmp_path / "one")
     assert two.name == one.name  # same config, same run id: world size is not part of the config
-    assert read_status(two)["state"] == "done", read_status(two).get("traceback")
+    assert RunDir(two).read_status()["state"] == "done", RunDir(two).read_status().get("traceback")
     summary = json.loads((two / "summary.json").read_text())
     assert summary["fingerprint"]["world_size"] == 2
     l1, l2 = losses(one), losses(two)
@@ -216,9 +217,9 @@ def test_failing_run_reported_failed_with_traceback(tmp_path, executor):
         pytest.skip("train.device=cuda does not fail on a machine with a GPU")
     control.submit_grid(spec, executor=executor, root=tmp_path / "g", wait=True, poll_s=0.5)
     (d,) = list_runs(tmp_path / "g")
-    st = read_status(d)
+    st = RunDir(d).read_status()
     assert st["state"] == "failed"
-    assert "train.device=cuda" in st["reason"] and "Traceback" in st["traceback"]
+    assert "train.device='cuda'" in st["reason"] and "Traceback" in st["traceback"]
     rep = control.submit_grid(spec, executor=executor, root=tmp_path / "g")
     assert rep.submitted == [] and rep.skipped["failed (use --retry-failed)"] == [d]
 
@@ -233,7 +234,7 @@ def test_cancelled_run_reported_cancelled(tmp_path, executor):
     assert control.cancel_grid(tmp_path / "g") == [d]
     kinds = control.wait_grid(tmp_path / "g", poll_s=0.5, timeout_s=60)
     assert kinds[d] == "cancelled"
-    st = read_status(d)
+    st = RunDir(d).read_status()
     assert st["state"] == "cancelled" and "cancel" in st["reason"]
     df = control.status_grid(tmp_path / "g")
     assert list(df["state"]) == ["cancelled"]
@@ -258,7 +259,7 @@ def test_preempted_job_resumes_at_the_exact_step_bit_identical(tmp_path):
     job._interrupt()  # preemption: SIGTERM, then USR2 -> checkpoint() between two steps -> requeue
     t_int = time.time()
     kinds = control.wait_grid(tmp_path / "g", poll_s=1.0, timeout_s=400)
-    st = read_status(d)
+    st = RunDir(d).read_status()
     assert kinds[d] == "done" and st["state"] == "done", st
     assert st["attempts"] == 2 and st["requeued"] >= t_int - 1
     rows = read_jsonl(d / "metrics.jsonl")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from canbench.io import read_yaml
+from canbench.rundir import RunDir
 from canbench.slurm import control
 from canbench.slurm.executors import BACKENDS, Backend, JobState, Submitted
 from canbench.slurm.grid import parse_spec
-from canbench.slurm.runstore import collect, format_table, grid_lock, list_runs, update_status
-from canbench.status import read_status
+from canbench.slurm.runstore import collect, format_table, grid_lock, list_runs
 
 
 def spec(**kw):
@@ -73,7 +73,7 @@ def end_jobs(root: Path, state: str = "COMPLETED", runs=None):
     p = root / ".submitit" / "fake_ended.json"
     cur = json.loads(p.read_text()) if p.exists() else {}
     for d in runs or list_runs(root):
-        cur[read_status(d)["job_id"]] = state
+        cur[RunDir(d).read_status()["job_id"]] = state
     p.write_text(json.dumps(cur))
 
 
@@ -91,14 +91,14 @@ def test_submit_creates_run_folders_and_is_idempotent(tmp_path, fake):
     for d in dirs:
         cfg = read_yaml(d / "config.yaml")
         assert cfg["extra"]["run_id"] == d.name.rsplit("-", 1)[1]
-        st = read_status(d)
+        st = RunDir(d).read_status()
         assert st["state"] == "pending" and st["executor"] == "fake" and st["job_ids"] == [st["job_id"]]
     # jobs still queued: a second submit submits nothing
     rep = control.submit_grid(spec(), root=root, backend=fake())
     assert rep.submitted == [] and len(rep.skipped["queued or running"]) == 4 and len(ledger(root)) == 4
     # done runs are skipped
     for d in dirs:
-        update_status(d, "done")
+        RunDir(d).update_status("done")
     end_jobs(root)
     rep = control.submit_grid(spec(), root=root, backend=fake())
     assert rep.submitted == [] and len(rep.skipped["done"]) == 4
@@ -108,31 +108,31 @@ def test_failed_needs_retry_and_lost_jobs_resume(tmp_path, fake):
     root = tmp_path / "grid"
     control.submit_grid(spec(), root=root, backend=fake())
     d0, d1, d2, d3 = list_runs(root)
-    update_status(d0, "failed", reason="boom", traceback="Traceback ...")
-    update_status(d1, "running", step=1)  # its job then vanished without finishing: resumable
-    update_status(d2, "done")
+    RunDir(d0).update_status("failed", reason="boom", traceback="Traceback ...")
+    RunDir(d1).update_status("running", step=1)  # its job then vanished without finishing: resumable
+    RunDir(d2).update_status("done")
     end_jobs(root, "COMPLETED", [d0, d1, d2])
     end_jobs(root, "OUT_OF_MEMORY", [d3])  # a hard crash the job could not record
     rep = control.submit_grid(spec(), root=root, backend=fake())
     assert rep.submitted == [d1]
-    assert read_status(d3)["state"] == "failed" and "OUT_OF_MEMORY" in read_status(d3)["reason"]
+    assert RunDir(d3).read_status()["state"] == "failed" and "OUT_OF_MEMORY" in RunDir(d3).read_status()["reason"]
     assert rep.skipped["failed (use --retry-failed)"] == [d0, d3]
     rep = control.submit_grid(spec(), root=root, backend=fake(), retry_failed=True)
     assert rep.submitted == [d0, d3]
-    st = read_status(d0)
+    st = RunDir(d0).read_status()
     assert st["state"] == "pending" and "reason" not in st and len(st["job_ids"]) == 2
 
 
 def test_cancel_marks_cancelled_and_submit_resubmits_them(tmp_path, fake):
     root = tmp_path / "grid"
     control.submit_grid(spec(), root=root, backend=fake())
-    update_status(list_runs(root)[0], "done")
+    RunDir(list_runs(root)[0]).update_status("done")
     cancelled = control.cancel_grid(root)
     assert len(cancelled) == 3
     df = control.status_grid(root)
     assert sorted(df["state"]) == ["cancelled"] * 3 + ["done"]
     # a cancelled job whose process still wrote "running" afterwards is still reported cancelled
-    update_status(cancelled[0], "running", step=3)
+    RunDir(cancelled[0]).update_status("running", step=3)
     assert control.reconcile([cancelled[0]])[cancelled[0]] == "cancelled"
     rep = control.submit_grid(spec(), root=root, backend=fake())
     assert sorted(rep.submitted) == sorted(cancelled)
@@ -184,9 +184,9 @@ def test_status_table(tmp_path, fake):
     d0, d1, *_ = list_runs(root)
     (d0 / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n"
                                       + json.dumps({"step": 2, "loss": 1.25}) + "\n")
-    update_status(d0, "done", step=2)
+    RunDir(d0).update_status("done", step=2)
     (d0 / "summary.json").write_text(json.dumps({"final": {"loss": 1.3, "rec": 0.2}}))
-    update_status(d1, "failed", reason="RuntimeError: x", traceback="tb")
+    RunDir(d1).update_status("failed", reason="RuntimeError: x", traceback="tb")
     df = collect(root)
     assert list(df["run"]) == ["can-s0", "can-s1", "mae-s0", "mae-s1"]
     row = df.iloc[0]

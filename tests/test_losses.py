@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from canbench.config import build_config
 from canbench.methods import build_method
 from canbench.methods.losses import info_nce, masked_patch_mse
+from canbench.train.recipe import build_config
 
 
 def naive_info_nce(u1: torch.Tensor, u2: torch.Tensor, tau: float) -> float:
@@ -111,7 +111,7 @@ def test_can_reduces_to_mae(tiny_overrides):
     ("can", ["method.l_nce=0"]), ("can", ["method.lam=0"]), ("can", ["method.noise_mode=none"]),
 ])
 def test_every_parameter_gets_a_gradient_and_is_optimized(method, extra, tiny_overrides):
-    from canbench.train.trainer import param_groups
+    from canbench.train.step import param_groups
 
     torch.manual_seed(0)
     net = build_method(build_config(method, "smoke", tiny_overrides + extra))

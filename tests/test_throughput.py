@@ -20,7 +20,8 @@ from canbench.benchmarks.perf.throughput import (
     time_steps,
 )
 from canbench.cli import main
-from canbench.config import ConfigError, build_config
+from canbench.config import ConfigError
+from canbench.train.recipe import build_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from canbench.config import Config, config_from_dict
+from canbench.config import Config, ConfigError
 from canbench.fingerprint import code_version
 from canbench.io import torch_save_atomic
+from canbench.rundir import RunDir
 
-CKPT_DIR = "checkpoints"
-LAST = "last.pt"
 FORMAT_VERSION = 1
+ENCODER_PREFIX = "encoder."  # the encoder's keys inside a method's state dict
 
 
 def rng_state() -> dict[str, Any]:
@@ -46,7 +46,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CKPT_DIR / LAST
+    return RunDir(run_dir).last_checkpoint
 
 
 def save(run_dir: str | Path, *, cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -66,10 +66,11 @@ def save(run_dir: str | Path, *, cfg: Config, model: torch.nn.Module, optimizer:
         "code_version": code_version(),
         "extra": extra or {},
     }
-    path = checkpoint_path(run_dir)
+    run = RunDir(run_dir)
+    path = run.last_checkpoint
     torch_save_atomic(state, path)
     if keep > 1:
-        torch_save_atomic(state, path.parent / f"step_{step:09d}.pt")
+        torch_save_atomic(state, run.step_checkpoint(step))
         olds = sorted(path.parent.glob("step_*.pt"))
         for old in olds[: max(0, len(olds) - (keep - 1))]:
             old.unlink(missing_ok=True)
@@ -82,20 +83,35 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if p.is_dir():
         p = checkpoint_path(p)
     if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with {CKPT_DIR}/{LAST} or a .pt file)")
+        raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with {RunDir.CHECKPOINTS}/{RunDir.LAST} "
+                                "or a .pt file)")
     return torch.load(p, map_location=map_location, weights_only=True)
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The pretrained encoder (and its config) from a run folder or checkpoint file."""
-    from canbench.methods.backbone import build_encoder
+def is_canbench_checkpoint(obj: Any) -> bool:
+    """A pretraining checkpoint written by :func:`save` (a config and a method state dict)."""
+    return isinstance(obj, dict) and "config" in obj and "model" in obj
 
-    ckpt = load(path, map_location)
-    if "config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a canbench checkpoint (keys {sorted(ckpt)[:8]}); "
-                         "for public MAE/timm weights use --format mae|timm")
+
+def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's state dict inside a pretraining checkpoint (its ``encoder.`` keys, prefix removed)."""
+    return {k[len(ENCODER_PREFIX):]: v for k, v in ckpt["model"].items() if k.startswith(ENCODER_PREFIX)}
+
+
+def load_encoder(path: str | Path | dict[str, Any], map_location: str | torch.device = "cpu"):
+    """(encoder, config, checkpoint) from a run folder, a checkpoint file or an already loaded checkpoint.
+
+    The one place a canbench encoder is rebuilt: its own model config, its weights loaded strictly.
+    """
+    from canbench.methods.backbone import build_encoder
+    from canbench.train.recipe import config_from_dict
+
+    ckpt = path if isinstance(path, dict) else load(path, map_location)
+    if not is_canbench_checkpoint(ckpt):
+        where = "checkpoint" if isinstance(path, dict) else str(path)
+        raise ConfigError(f"{where}: not a canbench checkpoint (keys {sorted(ckpt)[:8]}); "
+                          "for public MAE / timm weights pass --format mae|timm")
     cfg = config_from_dict(ckpt["config"])
     enc = build_encoder(cfg.model)
-    sd = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
-    enc.load_state_dict(sd, strict=True)
+    enc.load_state_dict(encoder_state(ckpt), strict=True)
     return enc, cfg, ckpt

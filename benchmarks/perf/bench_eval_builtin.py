@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from canbench.config import build_config
 from canbench.io import write_yaml
+from canbench.train.recipe import build_config
 
 METHODS = ("can", "simclr", "mae")
 SUITES = ["knn", "linear", "fewshot", "finetune", "shift"]
@@ -93,7 +93,7 @@ def random_run(runs_dir: Path, preset: str, overrides: list[str], method: str = 
     cfg = build_config(method, preset, overrides)
     torch.manual_seed(cfg.train.seed)  # the engine seeds the same way before building the model
     enc = build_encoder(cfg.model)
-    cfg.extra["random_init"] = True
+    cfg.extra.random_init = True
     state = {"format_version": 1, "config": cfg.to_dict(), "step": 0,
              "model": {f"encoder.{k}": v for k, v in enc.state_dict().items()}}
     torch_save_atomic(state, checkpoint_path(run))

@@ -1,25 +1,24 @@
 """Training-step throughput: images/s, step time, MFU and peak memory, model-only or end to end.
 
-What is timed is the engine's step (:mod:`canbench.train.trainer`): forward under autocast (bf16 on
-GPU, none = fp32 on CPU, ``train.precision`` overrides), backward, AdamW (fused on CUDA, as the engine
-builds it with :func:`~canbench.train.trainer.param_groups`), ``zero_grad(set_to_none=True)``.
+What is timed is the trainer's own step, :class:`canbench.train.step.TrainStep`: forward under autocast
+(bf16 on GPU, none = fp32 on CPU, ``train.precision`` overrides), backward, AdamW (fused on CUDA),
+``zero_grad(set_to_none=True)``.
 
 Data modes (``ThroughputOptions.data``):
 
 * ``synthetic``: model step only. Views and per-step seeds are created on the device before timing;
   nothing crosses the host boundary inside the timed loop.
-* ``builtin`` / ``jpeg:/path``: end to end through the engine's pipeline (``build_dataset``,
-  ``build_pretrain_loader`` with CPU workers, ``to_model_input`` on the device).
-* ``jpeg-gpu:/path``: end to end through :mod:`canbench.data.gpu_pipeline` (workers read JPEG
-  bytes and sample crop/photometric parameters; decode, crop, resize and photometric ops run batched
-  on the device).
+* ``builtin`` / ``jpeg:/path`` / ``jpeg-gpu:/path``: end to end through the trainer's own input pipeline,
+  :class:`canbench.data.pipeline.PretrainData` (``jpeg``: CPU workers decode and crop; ``jpeg-gpu``: workers
+  read JPEG bytes and draw parameters, decode, crop, resize and photometric ops run batched on the device).
 
 Timing: ``warmup`` untimed steps (they also absorb ``torch.compile``), then ``steps`` timed steps. On
 CUDA each step is bracketed by CUDA events and the host synchronises once, after the last step; on
 CPU ``time.perf_counter`` brackets each step (CPU execution is synchronous). ``img_per_s`` is
-``batch / median step time`` (the ANCHORS.md convention); ``img_per_s_wall`` is images over the wall
-time of the whole timed loop. MFU = counted train FLOPs per image (:mod:`.flops`) x img/s / the
-measured bf16 matmul peak (:func:`.hardware.measure_matmul_peak`); it is not reported on CPU.
+``batch / median step time`` (the convention of the reference figures in BENCHMARKS.md);
+``img_per_s_wall`` is images over the wall time of the whole timed loop. MFU = counted train FLOPs per
+image (:mod:`canbench.methods.flops`) x img/s / the measured bf16 matmul peak
+(:func:`.hardware.measure_matmul_peak`); it is not reported on CPU.
 """
 
 from __future__ import annotations
@@ -37,10 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from canbench.config import Config, ConfigError, validate
-from canbench.train.trainer import autocast_dtype, build_optimizer, optimizer_step, use_compile
+from canbench.config import Config, ConfigError, scaled_lr
+from canbench.data.gpu_pipeline import RESIZE_MODES
+from canbench.data.pipeline import PretrainData
+from canbench.methods import method_class
+from canbench.runtime import resolve_device
+from canbench.train.recipe import validate
+from canbench.train.step import TrainStep
 
 log = logging.getLogger("canbench.benchmarks.perf.throughput")
 
@@ -100,16 +103,6 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
     return kind, None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is an error naming the value."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA device is available (use --device cpu)")
-    return dev
-
-
 def resolve_options(opts: ThroughputOptions, device: torch.device) -> ThroughputOptions:
     """Fill the device-dependent defaults (batch)."""
     out = copy.copy(opts)
@@ -131,119 +124,43 @@ def bench_config(cfg: Config, opts: ThroughputOptions, device: torch.device) -> 
     return cfg
 
 
-# ---- the step ------------------------------------------------------------------------------------
-
-
-class TrainStep:
-    """The engine's training step for one method on one device (no logging, no checkpoints).
-
-    Built like :class:`canbench.train.trainer.Trainer` builds it: seeded init, AdamW over
-    ``param_groups`` (fused on CUDA), GradScaler for fp16 only, optional ``torch.compile``.
-    ``__call__`` enqueues one step and returns without synchronising the host.
-    """
-
-    def __init__(self, cfg: Config, device: torch.device) -> None:
-        from canbench.methods import build_method
-
-        torch.manual_seed(cfg.train.seed)
-        self.device = device
-        self.method = build_method(cfg).to(device)
-        self.amp_dtype = autocast_dtype(cfg, device)
-        self.lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
-        self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype)
-        self.model: nn.Module = torch.compile(self.method) if use_compile(cfg, device) else self.method
-        self.model.train()
-        self.clip_grad = cfg.optim.clip_grad
-
-    @property
-    def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-
-    def __call__(self, batch: Batch) -> None:
-        for g in self.optimizer.param_groups:  # the engine sets the scheduled lr each step
-            g["lr"] = self.lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            out = self.model(batch)
-        loss = out["loss"]
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        optimizer_step(self.optimizer, self.scaler, self.method, self.clip_grad)  # the engine's own step
-
-
 # ---- inputs --------------------------------------------------------------------------------------
 
 
 def synthetic_inputs(cfg: Config, batch: int, total_steps: int, device: torch.device) -> Iterator[Batch]:
     """Model-only inputs, made on the device up front: fixed normalised views, fresh seeds per step."""
-    from canbench.methods import num_views
-
     s = cfg.model.img_size
     g = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-    views = torch.randn(num_views(cfg.method.name), batch, 3, s, s, generator=g).to(device)
+    views = torch.randn(method_class(cfg.method.name).num_views, batch, 3, s, s, generator=g).to(device)
     seeds = torch.arange(total_steps * batch, dtype=torch.int64).view(total_steps, batch).to(device)
     for i in range(total_steps):
         yield {"views": views, "seed": seeds[i]}  # indexing a device tensor: no host sync
 
 
-def _engine_aug(cfg: Config):
-    """The engine's view augmentation config (same rules as ``Trainer._build_data``)."""
-    from canbench.data.augment import ViewAugConfig
-
-    d, mo = cfg.data, cfg.model
-    aug = ViewAugConfig(img_size=mo.img_size, kind=d.augment, crop_scale=(d.crop_min_scale, 1.0),
-                        jitter_strength=d.color_jitter_strength, blur_kernel_frac=d.blur_kernel_frac)
-    if d.augment == "mae":
-        aug.crop_scale = (max(d.crop_min_scale, 0.2), 1.0) if d.crop_min_scale == 0.08 else (d.crop_min_scale, 1.0)
-    return aug
-
-
-def pipeline_inputs(cfg: Config, kind: str, path: str | None, total_steps: int,
-                    device: torch.device) -> Iterator[Batch]:
-    """End-to-end inputs through the engine's data pipeline (CPU workers, ``to_model_input``)."""
-    from canbench.data.datasets import build_dataset
-    from canbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, to_model_input
-    from canbench.methods import num_views
-
-    d, mo = cfg.data, cfg.model
+def pipeline_config(cfg: Config, kind: str, path: str | None) -> Config:
+    """``cfg`` with the data set the benchmark reads: the built-in set, or an ImageFolder of JPEGs decoded by
+    the CPU workers (``jpeg``) or on the device (``jpeg-gpu``)."""
+    cfg = copy.deepcopy(cfg)
     if kind == "builtin":
-        dataset = build_dataset("builtin", split=d.split, img_size=mo.img_size, size=d.builtin_size,
-                                seed=cfg.train.seed)
-    else:  # an ImageFolder of JPEGs, decoded by the reference pipeline in the workers
-        dataset = build_dataset("imagefolder", root=path, split=d.split, img_size=mo.img_size)
-    aug = _engine_aug(cfg)
-    loader = build_pretrain_loader(
-        dataset, aug, num_views=num_views(cfg.method.name), seed=cfg.train.seed,
-        global_batch=cfg.optim.batch_size, start_step=0, total_steps=total_steps, rank=0, world_size=1,
-        num_workers=d.num_workers, pin_memory=d.pin_memory and device.type == "cuda",
-        persistent_workers=d.persistent_workers and d.num_workers > 0, prefetch_factor=d.prefetch_factor)
-    for batch in loader:
-        views = to_model_input(batch, aug, device, IMAGENET_MEAN, IMAGENET_STD)
-        yield {"views": views, "seed": batch["seed"].to(device, non_blocking=True)}
-
-
-def gpu_jpeg_inputs(cfg: Config, path: str, total_steps: int, device: torch.device,
-                    resize: str = "interpolate") -> Iterator[Batch]:
-    """End-to-end inputs through the JPEG fast path (decode + augment on ``device``)."""
-    from canbench.data.gpu_pipeline import build_jpeg_loader
-    from canbench.methods import num_views
-
-    aug = _engine_aug(cfg)
-    loader = build_jpeg_loader(path, aug, num_views=num_views(cfg.method.name), seed=cfg.train.seed,
-                               global_batch=cfg.optim.batch_size, total_steps=total_steps,
-                               num_workers=cfg.data.num_workers, device=device,
-                               prefetch_factor=cfg.data.prefetch_factor, resize=resize)
-    yield from loader
+        cfg.data.dataset, cfg.data.root, cfg.data.gpu_augment = "builtin", None, False
+    else:
+        cfg.data.dataset, cfg.data.root, cfg.data.gpu_augment = "imagefolder", path, kind == "jpeg-gpu"
+        cfg.data.builtin_version = None
+    return cfg
 
 
 def make_inputs(cfg: Config, data: str, total_steps: int, device: torch.device,
                 resize: str = "interpolate") -> Iterator[Batch]:
-    """The input stream for ``data`` (see :data:`DATA_KINDS`)."""
+    """The input stream for ``data`` (see :data:`DATA_KINDS`): synthetic, or the trainer's own pipeline."""
     kind, path = parse_data_spec(data)
     if kind == "synthetic":
         return synthetic_inputs(cfg, cfg.optim.batch_size, total_steps, device)
-    if kind == "jpeg-gpu":
-        return gpu_jpeg_inputs(cfg, path, total_steps, device, resize)
-    return pipeline_inputs(cfg, kind, path, total_steps, device)
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize={resize!r} is not one of {RESIZE_MODES}")
+    pipe = PretrainData(pipeline_config(cfg, kind, path))
+    loader = pipe.loader(method_class(cfg.method.name).num_views, 0, total_steps,
+                         pin_memory=cfg.data.pin_memory and device.type == "cuda")
+    return pipe.model_inputs(iter(loader), device, resize)
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -292,7 +209,6 @@ def _peak_rss_bytes() -> int:
 def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
                      peak_flops: float | None) -> dict[str, Any]:
     """Time one method's training step; returns one result row (see module docstring for fields)."""
-    from canbench.methods import num_views
     from canbench.methods.flops import count_method_flops
 
     opts = resolve_options(opts, device)
@@ -301,7 +217,11 @@ def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step: Callable[[Batch], None] = _no_step if opts.data_only else TrainStep(cfg, device)
+    if opts.data_only:
+        step: Callable[[Batch], Any] = _no_step
+    else:
+        train_step, lr = TrainStep(cfg, device), scaled_lr(cfg.optim.base_lr, cfg.optim.batch_size)
+        step = lambda batch: train_step(batch, lr)  # noqa: E731 - the trainer's own step at a fixed lr
     inputs = make_inputs(cfg, opts.data, opts.warmup + opts.steps, device, opts.resize)
     times, wall = time_steps(step, inputs, opts.steps, opts.warmup, device)
     median = statistics.median(times)
@@ -309,8 +229,8 @@ def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
     achieved = flops["train"] * img_s
     row: dict[str, Any] = {
         "method": cfg.method.name, "arch": cfg.model.arch, "img_size": cfg.model.img_size,
-        "patch_size": cfg.model.patch_size, "views": num_views(cfg.method.name), "batch": opts.batch,
-        "device": str(device), "precision": "-" if opts.data_only else step.precision,
+        "patch_size": cfg.model.patch_size, "views": method_class(cfg.method.name).num_views, "batch": opts.batch,
+        "device": str(device), "precision": "-" if opts.data_only else train_step.precision,
         "compile": bool(opts.compile) and not opts.data_only, "data": opts.data, "data_only": opts.data_only,
         "workers": cfg.data.num_workers if opts.data != "synthetic" else 0,
         "steps": opts.steps, "warmup": opts.warmup,
@@ -328,6 +248,8 @@ def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
         row["peak_mem_bytes"] = _peak_rss_bytes()
         row["peak_mem_kind"] = "process max RSS"
     del step, inputs
+    if not opts.data_only:
+        del train_step
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -392,6 +314,6 @@ def format_throughput_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DATA_KINDS", "ThroughputOptions", "TrainStep", "benchmark_method", "format_throughput_table",
-           "make_inputs", "parse_data_spec", "resolve_device", "run_throughput_suite", "synthetic_inputs",
+__all__ = ["DATA_KINDS", "ThroughputOptions", "benchmark_method", "format_throughput_table",
+           "make_inputs", "parse_data_spec", "pipeline_config", "run_throughput_suite", "synthetic_inputs",
            "time_steps"]

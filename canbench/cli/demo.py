@@ -47,8 +47,8 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
     from canbench.reports.check import write_baseline as _write_baseline
     from canbench.reports.collect import collect
     from canbench.reports.pdf import build_report
+    from canbench.rundir import RunDir
     from canbench.slurm.control import submit_grid
-    from canbench.status import read_status
 
     root = Path(root)
     t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
         raise
     log.info("grids finished after %.0f s", time.perf_counter() - t0)
     results = collect(root)
-    failed = [d / "status.json" for d in current if read_status(d).get("state") == "failed"]
+    failed = [RunDir(d).status_path for d in current if RunDir(d).state == "failed"]
     if failed:
         log.error("%d runs failed: %s", len(failed), ", ".join(str(p.parent) for p in failed))
     check_result = None
@@ -100,8 +100,8 @@ def paper_flops_table(arch: str = "vit_large") -> pd.DataFrame | None:
     scorecard checks it even though its runs are ViT-micro."""
     import pandas as pd
 
-    from canbench.config import build_config
     from canbench.methods.flops import method_flops_table
+    from canbench.train.recipe import build_config
 
     try:
         rows = method_flops_table({m: build_config(m, None, {"model": {"arch": arch}}, validate_paths=False)
@@ -117,8 +117,8 @@ def paper_flops_table(arch: str = "vit_large") -> pd.DataFrame | None:
 
 def _wait_with_progress(grid_roots: list[Path], runs: list[Path], poll_s: float = 10.0) -> None:
     """Block until every grid is finished, logging the state and step of each of ``runs`` as they change."""
+    from canbench.rundir import RunDir
     from canbench.slurm.control import wait_grid
-    from canbench.status import read_status
 
     last = None
     pending = list(grid_roots)
@@ -129,7 +129,7 @@ def _wait_with_progress(grid_roots: list[Path], runs: list[Path], poll_s: float 
             continue
         except TimeoutError:
             pass
-        states = {d.name: read_status(d) for d in runs}
+        states = {d.name: RunDir(d).read_status() for d in runs}
         done = sum(st.get("state") == "done" for st in states.values())
         active = "  ".join(f"{name.rsplit('-', 1)[0]}:{_progress(st)}" for name, st in states.items()
                            if st.get("state") not in ("done", "pending"))

@@ -73,10 +73,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{spec.name} ({args.scale}) in {root}")
     print(format_table(df, cols))
     if args.failed and len(df):
-        from canbench.status import read_status
+        from canbench.rundir import RunDir
 
         for folder in df.loc[df["state"] == "failed", "folder"]:
-            st = read_status(folder)
+            st = RunDir(folder).read_status()
             print(f"\n== {Path(folder).name}: {st.get('reason')}\n{st.get('traceback', '')}")
     return 0
 
@@ -99,7 +99,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
           f"resources {({k: v for k, v in res.values.items() if v is not None})}")
     for r in runs:
         suites = ",".join(r.suites) or "-"
-        print(f"  {r.folder_name}  preset={r.cfg.extra.get('preset')}  axes={r.axes}  suites={suites}")
+        print(f"  {r.folder_name}  preset={r.cfg.extra.preset}  axes={r.axes}  suites={suites}")
     return 0
 
 

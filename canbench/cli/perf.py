@@ -1,7 +1,7 @@
 """``canbench flops`` and ``canbench throughput``: sub-commands registered by canbench.cli.
 
 Both reuse :func:`canbench.cli.flags.add_config_args` (``--preset`` / ``--set``) and build one config per
-method with :func:`canbench.config.build_config`; ``--arch`` is a shorthand for ``--set model.arch=``.
+method with :func:`canbench.train.recipe.build_config`; ``--arch`` is a shorthand for ``--set model.arch=``.
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ import logging
 import sys
 from typing import Any
 
-from canbench.config import METHOD_NAMES, ConfigError, build_config
+from canbench.config import ConfigError
 
 log = logging.getLogger("canbench.benchmarks")
 
 
-def parse_methods(text: str) -> list[str]:
-    """``"can,simclr"`` -> ``["can", "simclr"]``; names are checked against METHOD_NAMES."""
+def parse_methods(text: str | None) -> list[str]:
+    """``"can,simclr"`` -> ``["can", "simclr"]`` (None: every registered method); names checked against the registry."""
+    from canbench.methods import METHODS, method_class
+
+    if text is None:
+        return list(METHODS)
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise ConfigError(f"--methods {text!r} names no method (choose from {', '.join(METHOD_NAMES)})")
+        raise ConfigError(f"--methods {text!r} names no method (choose from {', '.join(METHODS)})")
     for m in names:
-        if m not in METHOD_NAMES:
-            raise ConfigError(f"--methods: unknown method {m!r} (choose from {', '.join(METHOD_NAMES)})")
+        method_class(m, "--methods")
     return names
 
 
@@ -47,6 +50,8 @@ def method_configs(args: argparse.Namespace) -> dict[str, Any]:
     """One validated Config per ``--methods`` entry: method defaults <- preset <- --arch <- --set."""
     overrides = ([f"model.arch={args.arch}"] if args.arch else []) + list(args.overrides)
     preset = default_preset(args.arch, args.preset)
+    from canbench.train.recipe import build_config
+
     return {m: build_config(m, preset, overrides, validate_paths=False) for m in parse_methods(args.methods)}
 
 
@@ -55,7 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--arch", default=None, help="model.arch shorthand (vit_micro, vit_tiny, vit_small, vit_base, "
                                                  "vit_large); default: the preset's")
-    p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated, default can,simclr,mae")
+    p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered method)")
     add_config_args(p, preset_default=None)  # None: DEFAULT_PRESETS for the arch, else the paper's model
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

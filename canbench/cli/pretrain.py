@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from canbench.cli.flags import add_config_args
-from canbench.config import METHOD_NAMES, ConfigError, build_config, list_presets
+from canbench.config import ConfigError
+from canbench.rundir import RunDir
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from canbench.train.recipe import build_config
     from canbench.train.trainer import pretrain
 
     cfg = build_config(args.method, args.preset, args.overrides)
-    out = Path(args.out)
-    ckpt = out / "checkpoints" / "last.pt"
-    if ckpt.exists() and not args.resume and not args.force:
-        raise ConfigError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to start over")
-    summary = pretrain(cfg, out, resume=args.resume)
+    run = RunDir(args.out)
+    if run.last_checkpoint.exists() and not args.resume and not args.force:
+        raise ConfigError(f"{run.path} already holds a checkpoint: pass --resume to continue it or --force to "
+                          "start over")
+    summary = pretrain(cfg, run.path, resume=args.resume)
     final = summary.get("final", {})
-    print(f"{args.method}: {summary.get('steps', summary.get('step'))} steps -> {out} "
+    print(f"{args.method}: {summary.get('steps', summary.get('step'))} steps -> {run.path} "
           + " ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return 0
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
+    from canbench.methods import METHODS
+    from canbench.train.recipe import list_presets
+
     rows = []
     for name, raw in list_presets().items():
         c = raw.get("config", {})
         mo, o = c.get("model", {}), c.get("optim", {})
         per = {m: (raw.get("methods") or {}).get(m, {}).get("optim", {}).get("base_lr", o.get("base_lr"))
-               for m in METHOD_NAMES}
+               for m in METHODS}
         epochs = f"{o.get('epochs', '-')}{' IN-eq' if o.get('epoch_unit') == 'imagenet' else ''}"
         rows.append((name, raw.get("scale", "-"), mo.get("arch", "-"), str(mo.get("img_size", "-")),
                      str(o.get("batch_size", "-")), epochs,
@@ -47,7 +51,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def add_pretrain_parser(sub) -> None:
     """Register ``canbench pretrain`` and ``canbench presets``."""
     p = sub.add_parser("pretrain", help="pretrain one method into a run folder")
-    p.add_argument("method", choices=METHOD_NAMES)
+    p.add_argument("method", metavar="METHOD", help="a registered method: can, simclr, mae, ... (canbench.methods)")
     add_config_args(p)
     p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

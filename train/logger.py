@@ -1,0 +1,113 @@
+"""The trainer's one logging hook: metrics.jsonl, the status step, a progress bar and TensorBoard.
+
+Every ``train.log_every`` steps (and at the last step) :class:`RunLogger` averages each loss term over
+the steps since the previous line and over ranks, checks that every value is finite (naming the first
+bad step and term), and rank 0 writes one JSON line; the status file carries the step for ``grid status``
+and the demo. tqdm draws a bar only on a terminal; TensorBoard event files are written when the
+``tensorboard`` extra is installed. Values stay on the device between log steps (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import torch
+
+from canbench.io import append_jsonl
+from canbench.rundir import RunDir
+from canbench.runtime import all_reduce_mean
+
+log = logging.getLogger("canbench.pretrain")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the message names the step and the term."""
+
+
+class RunLogger:
+    """Collects the loss terms of each step; writes a metrics line every ``log_every`` steps."""
+
+    def __init__(self, run: RunDir, *, total_steps: int, steps_per_epoch: int, log_every: int, accum_steps: int,
+                 start_step: int, device: torch.device, is_main: bool) -> None:
+        self.run, self.total, self.spe = run, total_steps, steps_per_epoch
+        self.every, self.accum = log_every, accum_steps
+        self.device, self.is_main = device, is_main
+        self.window: dict[str, list[torch.Tensor]] = {}
+        self.step = start_step
+        self.t_last, self.n_img = time.perf_counter(), 0
+        self.bar = _progress(total_steps, start_step) if is_main else None
+        self.tb = _tensorboard(run) if is_main else None
+
+    def after_step(self, step: int, terms: dict[str, list[torch.Tensor]], lr: float, images: int) -> dict | None:
+        """Record step ``step``'s terms (one value per micro-batch); log at ``log_every`` and the last step."""
+        self.step = step
+        for k, vals in terms.items():
+            self.window.setdefault(k, []).extend(vals)
+        self.n_img += images
+        last = step == self.total
+        if step % self.every and not last:
+            return None
+        t_now = time.perf_counter()
+        record = self._write(lr, self.n_img / max(t_now - self.t_last, 1e-9))
+        self.window, self.t_last, self.n_img = {}, t_now, 0
+        if self.is_main and not last:  # progress for `grid status` / the demo (one small file)
+            self.run.write_status("running", step=step, total_steps=self.total)
+        if self.bar is not None:
+            self.bar.update(self.every if not last else self.total - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, float):
+                    self.tb.add_scalar(f"train/{k}", v, step)
+        return record
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError naming the first bad step and term (host sync: log / checkpoint steps only)."""
+        for k, vals in self.window.items():
+            for i, v in enumerate(vals):
+                if not torch.isfinite(v).all():
+                    first = self.step - (len(vals) - i - 1) // self.accum
+                    raise NonFiniteLossError(f"non-finite loss term {k!r} at step {first}: {float(v)}; "
+                                             f"the last good checkpoint is kept in {self.run.path}")
+
+    def _write(self, lr: float, img_per_s: float) -> dict[str, Any]:
+        self.check_finite()
+        record: dict[str, Any] = {"step": self.step, "epoch": self.step / self.spe, "lr": lr,
+                                  "img_per_s": img_per_s, "time": time.time()}
+        for k, vals in self.window.items():
+            record[k] = float(all_reduce_mean(torch.stack(vals).mean()))
+        if self.device.type == "cuda":
+            record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        if self.is_main:
+            append_jsonl(self.run.metrics_path, record)
+            if not sys.stderr.isatty():
+                log.info("step %d/%d %s", self.step, self.total, " ".join(f"{k}={record[k]:.4g}" for k in self.window))
+        return record
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _progress(total: int, start: int):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run.tensorboard_dir))
+
+
+__all__ = ["NonFiniteLossError", "RunLogger"]
