@@ -29,6 +29,8 @@ SCALES = ("smoke", "small", "paper")  # scale profiles: CPU minutes, one GPU for
 SUITES = ("knn", "linear", "fewshot", "finetune", "shift")  # evaluation suites, in the order `all` runs them
 IMAGENET_TRAIN_SIZE = 1_281_167  # an "ImageNet-equivalent epoch" is this many samples (paper Sec. 4.1)
 LR_SCALING = "base_lr*batch/256"  # the linear scaling rule of every learning rate in canbench
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of pretraining and evaluation (timm's, MAE's)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ARCHS: dict[str, dict[str, int]] = {
     # name: embed_dim, depth, heads, default patch, default image size
@@ -518,7 +520,8 @@ def derived(cfg: Config, dataset_len: int, world_size: int = 1) -> Derived:
 
 
 __all__ = [
-    "ARCHS", "AUGMENTS", "Config", "ConfigError", "DataConfig", "Derived", "IMAGENET_TRAIN_SIZE", "LR_SCALING",
+    "ARCHS", "AUGMENTS", "Config", "ConfigError", "DataConfig", "Derived", "IMAGENET_MEAN", "IMAGENET_STD",
+    "IMAGENET_TRAIN_SIZE", "LR_SCALING",
     "MethodConfig", "ModelConfig", "NOISE_MODES", "OptimConfig", "RunRecord", "SCALES", "SECTIONS", "SUITES",
     "TrainConfig", "apply", "check_choice", "check_range", "closest", "coerce", "config_keys", "crop_scale",
     "deep_merge", "derived", "flatten", "nest", "overrides_to_dict", "parse_override", "scaled_lr", "schema_keys",

@@ -16,13 +16,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from canbench.config import ConfigError
+from canbench.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 from canbench.rng import STREAM_AUGMENT, sample_seed, torch_generator
 
 from .augment import TwoViewTransform, ViewAugConfig, apply_photometric
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Key of the data-order stream: the permutation of epoch e is seeded by (seed, STREAM_ORDER, e). It lies
 # outside methods.rng's per-sample streams (1-4), which are keyed (seed, epoch, index, stream).

@@ -1,9 +1,9 @@
-"""canbench.evaluation: the evaluation suites (PROTOCOLS.md §3); see docs/evaluation.md.
+"""canbench.evaluation: the evaluation suites (docs/protocols.md §3, docs/evaluation.md).
 
-One concern per module: ``features`` (frozen-encoder features, exact sharding), ``knn``, ``fewshot``,
-``lars``, ``schedule``, ``linear`` (linear probe), ``lr_decay``, ``classifier`` + ``finetune``,
-``label_space`` + ``shift_data`` + ``shift`` (distribution shift), ``external`` (public checkpoints),
-``transforms``, ``results`` (result files and fingerprints); ``suites`` (``run_suites``: a run folder's
-suites end to end), ``presets`` (evaluation profiles and settings), ``cli`` (``canbench evaluate``).
-Submodules are imported on use.
+How a call flows: ``runner`` (``evaluate`` / ``run_suites``) -> ``source`` (what is evaluated, the one
+encoder loader) -> ``context`` (settings, data family, device, feature cache) -> ``suites`` (the registry:
+each suite's planner) -> ``results`` (result files and fingerprints). Settings and protocols: ``recipes``;
+data splits and root checks: ``splits``. The suites themselves: ``knn``, ``linear`` (+ ``lars``),
+``fewshot``, ``finetune`` (+ ``classifier``, ``lr_decay``), ``shift`` (+ ``shift_data``, ``label_space``);
+shared pieces: ``features``, ``transforms``, ``external`` (public checkpoints). Submodules are imported on use.
 """

@@ -14,12 +14,15 @@ cls row of ``pos_embed`` removed. No resolution change: pos_embed lengths must o
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from canbench.config import ARCHS, ConfigError, ModelConfig
 
 _BLOCK = r"^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|attn\.q_norm|attn\.k_norm|mlp\.fc1|mlp\.fc2|ls1|ls2)\."
 # (regex, action) per source format; actions: keep | drop | pos | cls | head (kept only for classifiers)
@@ -128,3 +131,42 @@ def load_external(model: nn.Module, path_or_sd: str | Path | dict[str, torch.Ten
     mapped = map_state_dict(sd, model, fmt)
     load_strict(model, mapped, source)
     return {"source": source, "format": fmt, "loaded": sorted(mapped), "dropped": sorted(set(sd) - set(mapped))}
+
+
+def external_model_config(sd: dict[str, torch.Tensor], model: dict[str, Any], arch: str | None = None,
+                          preset_model: dict[str, Any] | None = None) -> ModelConfig:
+    """The ViT shape of a public checkpoint: read from its tensors, checked against --arch / model.* settings."""
+    if "patch_embed.proj.weight" not in sd or "pos_embed" not in sd:
+        raise ConfigError(f"public checkpoint holds no ViT encoder (no patch_embed.proj.weight / pos_embed; "
+                          f"keys {sorted(sd)[:8]})")
+    dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    has_cls = "cls_token" in sd
+    n_pos = sd["pos_embed"].shape[1]
+    grid = None
+    for n in ((n_pos - 1, n_pos) if has_cls else (n_pos,)):
+        r = math.isqrt(max(n, 0))
+        if n > 0 and r * r == n:
+            grid = r
+            break
+    if grid is None:
+        raise ConfigError(f"public checkpoint: pos_embed of length {n_pos} is not a square grid")
+    preset_model = preset_model or {}
+    name = model.get("arch") or arch or preset_model.get("arch")
+    if name is None:
+        matches = [a for a, spec in ARCHS.items() if (spec["embed_dim"], spec["depth"]) == (dim, depth)]
+        if not matches:
+            raise ConfigError(f"public checkpoint: no architecture with width {dim} and depth {depth} "
+                              f"(known: {', '.join(ARCHS)}); pass --arch")
+        name = matches[0]
+    if name not in ARCHS:
+        raise ConfigError(f"--arch / model.arch {name!r} is not one of {', '.join(ARCHS)}")
+    spec = ARCHS[name]
+    if (spec["embed_dim"], spec["depth"]) != (dim, depth):
+        raise ConfigError(f"--arch {name} is width {spec['embed_dim']}, depth {spec['depth']}; the checkpoint "
+                          f"is width {dim}, depth {depth}")
+    patch_size = model.get("patch_size") or int(patch)
+    img_size = model.get("img_size") or grid * int(patch)
+    class_token = has_cls if model.get("class_token") is None else bool(model["class_token"])
+    return ModelConfig(arch=name, img_size=int(img_size), patch_size=int(patch_size), class_token=class_token,
+                       pool=model.get("pool", "avg"))

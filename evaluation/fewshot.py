@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from canbench.evaluation.recipes import LinearHeadConfig
+
 SHOTS = (1, 5, 10, 25)
 SEEDS = (0, 1, 2)
 LSR_L2 = 2.0 ** 10
@@ -107,19 +109,6 @@ def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 # ---- trained linear head (option) --------------------------------------------------------------
-@dataclass
-class LinearHeadConfig:
-    """Trained-head option (paper App. C "Few shot training", ViT-paper pipeline)."""
-
-    lr: float = 0.01  # paper App. C base lr
-    steps: int = 2500  # paper App. C
-    batch_size: int = 512  # ViT paper transfer batch; capped at the subset size
-    momentum: float = 0.9  # SGD with momentum, as the ViT paper's transfer runs
-    clip_grad: float = 1.0  # global-norm clipping, as the ViT paper
-    schedule: str = "cosine"  # cosine decay to 0, no warmup
-    seed: int = 0
-
-
 def train_linear_head(x: np.ndarray, y: np.ndarray, num_classes: int,
                       cfg: LinearHeadConfig | None = None) -> nn.Linear:
     """SGD-trained zero-initialised linear head on fixed features x (N, D), labels y (N,)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,96 +20,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageOps
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data import Mixup, create_transform
 from timm.data.auto_augment import AugmentOp
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from canbench.config import ConfigError
+from canbench.config import LR_SCALING, ConfigError, scaled_lr
 from canbench.evaluation.classifier import classifier_from_encoder, save_finetuned
 from canbench.evaluation.features import make_eval_loader
 from canbench.evaluation.lr_decay import param_groups_lrd
-from canbench.evaluation.schedule import scaled_lr, warmup_cosine_lr
-from canbench.evaluation.transforms import DEFAULT_CROP_PCT, TransformedDataset, eval_transform, to_pil
+from canbench.evaluation.recipes import FinetuneConfig
+from canbench.evaluation.transforms import TransformedDataset, eval_transform, to_pil
 from canbench.runtime import all_reduce_sum_, rank_world
+from canbench.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneConfig:
-    """Finetuning protocol; defaults are the paper's Table 10."""
-
-    epochs: float = 100.0
-    warmup_epochs: float = 5.0
-    batch_size: int = 1024  # global batch
-    base_lr: float = 5e-4  # lr = base_lr * batch_size / 256
-    min_lr: float = 1e-6  # MAE main_finetune default (the paper gives none)
-    weight_decay: float = 0.005  # paper Table 10 (MAE: 0.05)
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 0.65
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    re_prob: float = 0.25
-    re_mode: str = "pixel"
-    re_count: int = 1
-    mixup: float = 0.0  # MAE: 0.8 (option)
-    cutmix: float = 0.0  # MAE: 1.0 (option)
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    clip_grad: float | None = None
-    img_size: int = 224
-    crop_pct: float = DEFAULT_CROP_PCT
-    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
-    eval_every: int = 1
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid key."""
-        for key in ("epochs", "batch_size", "base_lr", "img_size", "eval_every", "eval_batch_size"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"finetune.{key}={getattr(self, key)!r} must be > 0")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"finetune.warmup_epochs={self.warmup_epochs} must be in [0, {self.epochs}]")
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"finetune.layer_decay={self.layer_decay} must be in (0, 1]")
-        for key in ("drop_path", "label_smoothing", "re_prob", "mixup_prob", "mixup_switch_prob"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"finetune.{key}={getattr(self, key)!r} must be in [0, 1]")
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError(f"finetune.mixup={self.mixup} / cutmix={self.cutmix} must be >= 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"finetune.max_steps={self.max_steps} must be >= 1")
-
-    @property
-    def mixing(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
-
-
-FINETUNE_SCALES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "mae": {"weight_decay": 0.05, "mixup": 0.8, "cutmix": 1.0},
-    "small": {"batch_size": 256, "epochs": 30.0, "warmup_epochs": 3.0, "img_size": 32, "crop_pct": 1.0},
-    "smoke": {"batch_size": 16, "epochs": 1.0, "warmup_epochs": 0.0, "img_size": 32, "crop_pct": 1.0},
-}
-
-
-def finetune_config(scale: str = "paper", **overrides: Any) -> FinetuneConfig:
-    """A validated FinetuneConfig: protocol defaults <- scale preset <- overrides (keys checked)."""
-    if scale not in FINETUNE_SCALES:
-        raise ConfigError(f"finetune scale {scale!r} is not one of {sorted(FINETUNE_SCALES)}")
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    for k in overrides:
-        if k not in names:
-            raise ConfigError(f"unknown finetune key {k!r} (valid: {', '.join(sorted(names))})")
-    cfg = FinetuneConfig(**{**FINETUNE_SCALES[scale], **overrides})
-    cfg.validate()
-    return cfg
 
 
 def _posterize_any_bits(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
@@ -233,7 +157,7 @@ def run_finetune(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: FinetuneCo
         for images, y in loader:
             if step >= total:
                 break
-            lr = warmup_cosine_lr(step, spe, cfg.epochs, cfg.warmup_epochs, peak, cfg.min_lr)
+            lr = warmup_cosine(step / spe, cfg.epochs, cfg.warmup_epochs, peak, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             images, y = images.to(device, non_blocking=True), torch.as_tensor(y).to(device)
@@ -262,7 +186,7 @@ def run_finetune(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: FinetuneCo
     fields = suite_fingerprint_fields(
         pooling="avg+fc_norm", head_bn=False, mean=cfg.mean, std=cfg.std, img_size=cfg.img_size,
         resize_crop=resize_crop_rule(cfg.img_size, cfg.crop_pct), effective_batch=cfg.batch_size,
-        lr_scaling="base_lr*batch/256", epochs=cfg.epochs, metric="last_epoch (top1_best: best epoch)",
+        lr_scaling=LR_SCALING, epochs=cfg.epochs, metric="last_epoch (top1_best: best epoch)",
         class_subset_rule="none", seeds=[cfg.seed], dataset=dataset,
         extra={"optimizer": "adamw", "betas": list(cfg.betas), "base_lr": cfg.base_lr, "weight_decay": cfg.weight_decay,
                "layer_decay": cfg.layer_decay, "drop_path": cfg.drop_path, "label_smoothing": cfg.label_smoothing,

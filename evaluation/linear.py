@@ -14,97 +14,24 @@ The reported metric is the last-epoch top-1; the best evaluated epoch is an extr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from canbench.config import ConfigError
+from canbench.config import LR_SCALING, ConfigError, scaled_lr
 from canbench.evaluation.features import encoder_pooling, extract_features, make_eval_loader
 from canbench.evaluation.lars import LARS
-from canbench.evaluation.schedule import scaled_lr, warmup_cosine_lr
-from canbench.evaluation.transforms import (
-    DEFAULT_CROP_PCT,
-    TransformedDataset,
-    eval_transform,
-    linear_train_transform,
-)
+from canbench.evaluation.recipes import LinearProbeConfig
+from canbench.evaluation.transforms import TransformedDataset, eval_transform, linear_train_transform
 from canbench.runtime import rank_world
+from canbench.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
-
-MODES = ("full", "cached_features")
-
-
-@dataclass
-class LinearProbeConfig:
-    """Linear-probe protocol; defaults are the paper's Table 11 (MAE's, except 100 epochs)."""
-
-    epochs: float = 100.0  # paper Table 11 (MAE main_linprobe uses 90)
-    warmup_epochs: float = 10.0
-    batch_size: int = 16384  # global batch (all ranks)
-    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    trust_coefficient: float = 0.001
-    img_size: int = 224
-    crop_pct: float = DEFAULT_CROP_PCT  # eval: Resize(S / crop_pct) + CenterCrop(S)
-    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
-    mode: str = "full"  # "full" (augment, encoder every step) | "cached_features"
-    eval_every: int = 1  # epochs between validations (the last epoch is always evaluated)
-    eval_batch_size: int = 256  # per rank, feature extraction
-    num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None  # hard cap for smoke runs (recorded in the fingerprint)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid key."""
-        if self.mode not in MODES:
-            raise ConfigError(f"linear.mode={self.mode!r} is not one of {MODES}")
-        for key in ("epochs", "batch_size", "base_lr", "img_size", "eval_every", "eval_batch_size"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"linear.{key}={getattr(self, key)!r} must be > 0")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"linear.warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]")
-        if not 0 < self.crop_pct <= 1:
-            raise ConfigError(f"linear.crop_pct={self.crop_pct} must be in (0, 1]")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"linear.max_steps={self.max_steps} must be >= 1")
-
-
-# Scale presets: protocol defaults overridden for cheaper runs (cached features below paper scale).
-LINEAR_SCALES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "mae": {"epochs": 90.0},
-    "small": {"mode": "cached_features", "batch_size": 1024, "epochs": 50.0, "warmup_epochs": 5.0,
-              "img_size": 32, "crop_pct": 1.0},
-    "smoke": {"mode": "cached_features", "batch_size": 64, "epochs": 2.0, "warmup_epochs": 0.0,
-              "img_size": 32, "crop_pct": 1.0},
-}
-
-
-def linear_config(scale: str = "paper", **overrides: Any) -> LinearProbeConfig:
-    """A validated LinearProbeConfig: protocol defaults <- scale preset <- overrides (keys checked)."""
-    if scale not in LINEAR_SCALES:
-        raise ConfigError(f"linear scale {scale!r} is not one of {sorted(LINEAR_SCALES)}")
-    names = {f.name for f in dataclasses.fields(LinearProbeConfig)}
-    for k in overrides:
-        if k not in names:
-            raise ConfigError(f"unknown linear-probe key {k!r} (valid: {', '.join(sorted(names))})")
-    cfg = LinearProbeConfig(**{**LINEAR_SCALES[scale], **overrides})
-    cfg.validate()
-    return cfg
-
 
 class LinearHead(nn.Module):
     """BatchNorm1d(D, affine=False, eps=1e-6) + Linear(D, C); (N, D) -> logits (N, C)."""
@@ -178,7 +105,7 @@ def train_probe(head: LinearHead, batches_per_epoch: int, next_batch: Any, val: 
         for x, y in next_batch(epoch):
             if step >= total:
                 break
-            lr = warmup_cosine_lr(step, batches_per_epoch, cfg.epochs, cfg.warmup_epochs, peak, cfg.min_lr)
+            lr = warmup_cosine(step / batches_per_epoch, cfg.epochs, cfg.warmup_epochs, peak, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = nn.functional.cross_entropy(head(x), y)
@@ -314,7 +241,7 @@ def run_linear(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeC
     out["fingerprint_fields"] = suite_fingerprint_fields(
         pooling=encoder_pooling(encoder), head_bn=True, mean=cfg.mean, std=cfg.std, img_size=cfg.img_size,
         resize_crop=resize_crop_rule(cfg.img_size, cfg.crop_pct), effective_batch=cfg.batch_size,
-        lr_scaling="base_lr*batch/256", epochs=cfg.epochs, metric="last_epoch (top1_best: best epoch)",
+        lr_scaling=LR_SCALING, epochs=cfg.epochs, metric="last_epoch (top1_best: best epoch)",
         class_subset_rule="none", seeds=[cfg.seed], dataset=dataset,
         extra={"mode": cfg.mode, "train_aug": train_rule, "optimizer": "lars", "base_lr": cfg.base_lr,
                "warmup_epochs": cfg.warmup_epochs, "weight_decay": cfg.weight_decay,
@@ -322,5 +249,5 @@ def run_linear(encoder: nn.Module, train_ds: Any, val_ds: Any, cfg: LinearProbeC
     return out
 
 
-__all__: Sequence[str] = ("LINEAR_SCALES", "LinearHead", "LinearProbeConfig", "evaluate_head", "linear_config",
+__all__: Sequence[str] = ("LinearHead", "evaluate_head",
                           "linear_probe_on_features", "run_linear", "train_probe")

@@ -10,26 +10,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from canbench.fingerprint import mismatches, protocol_fingerprint
 from canbench.io import read_json, write_json
-
-_SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def _check_suite(suite: str) -> None:
-    if not isinstance(suite, str) or not _SUITE_RE.match(suite):
-        raise ValueError(f"suite name {suite!r} must match {_SUITE_RE.pattern} (it becomes a file name)")
+from canbench.rundir import RunDir
 
 
 def result_path(run_dir: str | Path, suite: str) -> Path:
-    """``<run_dir>/eval/<suite>.json``."""
-    _check_suite(suite)
-    return Path(run_dir) / "eval" / f"{suite}.json"
+    """``<run_dir>/eval/<suite>.json`` (:meth:`canbench.rundir.RunDir.result_path`)."""
+    return RunDir(run_dir).result_path(suite)
 
 
 def resize_crop_rule(img_size: int, crop_pct: float) -> str:

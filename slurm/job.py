@@ -13,7 +13,6 @@ a grid does not start every run at once on one machine.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -58,24 +57,14 @@ def set_distributed_env(env: submitit.JobEnvironment | None, salt: str = "") -> 
     return values
 
 
-def run_suites_or_skip(run_dir: Path, suites: list[str]) -> dict[str, Any]:
-    """Run the evaluation suites via ``canbench.evaluation.suites.run_suites`` when it exists.
-
-    Returns ``{suite: {"state": "done"|"skipped", ...}}`` for status.json (metrics, result path).
-    """
+def evaluate_run(run_dir: Path, suites: list[str]) -> dict[str, Any]:
+    """The run's evaluation suites (:func:`canbench.evaluation.runner.run_suites`), summarised for status.json:
+    ``{suite: {"state": "done", "path", "skipped", "metrics" (scalars only)}}``."""
     if not suites:
         return {}
-    try:
-        mod = importlib.import_module("canbench.evaluation.suites")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("canbench.evaluation", "canbench.evaluation.suites"):
-            raise
-        mod = None
-    fn = getattr(mod, "run_suites", None)
-    if fn is None:
-        reason = "canbench.evaluation.suites.run_suites is not available in this checkout"
-        return {s: {"state": "skipped", "reason": reason} for s in suites}
-    results = fn(run_dir, list(suites))
+    from canbench.evaluation import runner
+
+    results = runner.run_suites(run_dir, list(suites))
     out: dict[str, Any] = {}
     for s in suites:
         rec = results.get(s) if isinstance(results, dict) else None
@@ -147,7 +136,7 @@ class RunJob(submitit.helpers.Checkpointable):
         if suites:
             RunDir(run_dir).update_status("running", phase="eval")
             try:
-                suite_state = run_suites_or_skip(run_dir, suites)
+                suite_state = evaluate_run(run_dir, suites)
             except Exception as exc:
                 RunDir(run_dir).update_status("failed", phase="eval",
                                               reason=f"evaluation failed: {type(exc).__name__}: {exc}",
@@ -276,4 +265,4 @@ class ChainJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(type(self)(remaining, self.threads), *args, **kwargs)
 
 
-__all__ = ["ChainJob", "RunJob", "master_port", "run_suites_or_skip", "save_if_ahead", "set_distributed_env"]
+__all__ = ["ChainJob", "RunJob", "master_port", "evaluate_run", "save_if_ahead", "set_distributed_env"]

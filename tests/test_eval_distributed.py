@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from canbench.evaluation.label_space import Top1
-from canbench.evaluation.linear import linear_config, run_linear
+from canbench.evaluation.linear import run_linear
+from canbench.evaluation.recipes import linear_config
 from canbench.evaluation.shift import evaluate_set
 from canbench.evaluation.shift_data import ShiftSet
 from canbench.evaluation.transforms import eval_transform

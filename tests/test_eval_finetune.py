@@ -17,6 +17,7 @@ from canbench.evaluation.classifier import (
     load_finetuned,
     save_finetuned,
 )
+from canbench.evaluation.recipes import finetune_config
 
 
 def timm_encoder(class_token=False, depth=2):
@@ -66,7 +67,7 @@ def test_encoder_key_mismatch_is_named():
 def test_optimizer_uses_layer_decay_groups():
     enc = timm_encoder(depth=2)
     clf, _ = classifier_from_encoder(enc, 3)
-    opt = ft.finetune_optimizer(clf, ft.finetune_config("smoke"))
+    opt = ft.finetune_optimizer(clf, finetune_config("smoke"))
     scales = sorted({round(g["lr_scale"], 8) for g in opt.param_groups})
     assert scales == [round(0.65 ** k, 8) for k in (3, 2, 1, 0)]
     assert opt.defaults["betas"] == (0.9, 0.999)
@@ -74,13 +75,13 @@ def test_optimizer_uses_layer_decay_groups():
 
 
 def test_config_defaults_and_errors():
-    cfg = ft.finetune_config()
+    cfg = finetune_config()
     assert (cfg.base_lr, cfg.weight_decay, cfg.layer_decay, cfg.drop_path, cfg.label_smoothing) == \
         (5e-4, 0.005, 0.65, 0.1, 0.1)
     assert (cfg.auto_augment, cfg.re_prob, cfg.mixup, cfg.cutmix, cfg.warmup_epochs) == \
         ("rand-m9-mstd0.5-inc1", 0.25, 0.0, 0.0, 5.0)
     with pytest.raises(ConfigError, match="unknown finetune key 'lr'"):
-        ft.finetune_config(lr=1.0)
+        finetune_config(lr=1.0)
 
 
 def test_tiny_finetune_reduces_loss_and_writes_loadable_checkpoint(tmp_path, monkeypatch):
@@ -88,7 +89,7 @@ def test_tiny_finetune_reduces_loss_and_writes_loadable_checkpoint(tmp_path, mon
     real = ft.finetune_optimizer
     monkeypatch.setattr(ft, "finetune_optimizer", lambda m, c: made.append(real(m, c)) or made[-1])
     enc = timm_encoder(depth=1)
-    cfg = ft.finetune_config("smoke", batch_size=12, epochs=4, base_lr=0.05, eval_batch_size=64)
+    cfg = finetune_config("smoke", batch_size=12, epochs=4, base_lr=0.05, eval_batch_size=64)
     out = ft.run_finetune(enc, Blobs(48, 0), Blobs(24, 1), cfg, num_classes=3, out_path=tmp_path / "ft.pt")
     losses = [h["loss"] for h in out["history"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
@@ -112,12 +113,12 @@ def test_tiny_finetune_reduces_loss_and_writes_loadable_checkpoint(tmp_path, mon
 
 def test_mixup_option_runs_with_soft_targets():
     enc = timm_encoder(depth=1)
-    cfg = ft.finetune_config("smoke", batch_size=8, max_steps=2, mixup=0.8, cutmix=1.0, auto_augment=None)
+    cfg = finetune_config("smoke", batch_size=8, max_steps=2, mixup=0.8, cutmix=1.0, auto_augment=None)
     assert isinstance(ft._criterion(cfg), ft.SoftTargetCrossEntropy)
     out = ft.run_finetune(enc, Blobs(16, 0), Blobs(8, 1), cfg, num_classes=3)
     assert out["metrics"]["steps"] == 2 and out["checkpoint"] is None
     with pytest.raises(ConfigError, match="even per-rank batch"):
-        ft.run_finetune(enc, Blobs(16, 0), Blobs(8, 1), ft.finetune_config("smoke", batch_size=7, mixup=0.8), 3)
+        ft.run_finetune(enc, Blobs(16, 0), Blobs(8, 1), finetune_config("smoke", batch_size=7, mixup=0.8), 3)
 
 
 def test_checkpoint_save_load_round_trip(tmp_path):
@@ -139,7 +140,7 @@ def test_randaugment_posterize_at_max_magnitude_does_not_crash():
     from PIL import Image
     from timm.data.auto_augment import AugmentOp
 
-    tf = ft.train_transform(ft.finetune_config("smoke"))
+    tf = ft.train_transform(finetune_config("smoke"))
     img = torch.full((3, 32, 32), 200, dtype=torch.uint8)
     assert tf(img).shape == (3, 32, 32)
     built = ft._pillow_safe(ft.create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1"))

@@ -8,23 +8,25 @@ import pytest
 import torch
 from helpers import Blobs
 
-from canbench.config import ConfigError
-from canbench.evaluation.linear import LinearHead, linear_config, linear_probe_on_features, run_linear
-from canbench.evaluation.schedule import scaled_lr, warmup_cosine_lr
+from canbench.config import ConfigError, scaled_lr
+from canbench.evaluation.linear import LinearHead, linear_probe_on_features, run_linear
+from canbench.evaluation.recipes import linear_config
+from canbench.train.schedule import warmup_cosine
 
 
 def test_schedule_is_mae_per_iteration_warmup_cosine():
+    """The suites call the shared schedule at fractional epochs: t = step / steps_per_epoch."""
     spe, epochs, warm, peak = 10, 20, 5, 2.0
-    assert warmup_cosine_lr(0, spe, epochs, warm, peak) == 0.0
-    assert warmup_cosine_lr(25, spe, epochs, warm, peak) == pytest.approx(peak * 2.5 / 5)  # mid-warmup
-    assert warmup_cosine_lr(50, spe, epochs, warm, peak) == pytest.approx(peak)
+    assert warmup_cosine(0 / spe, epochs, warm, peak) == 0.0
+    assert warmup_cosine(25 / spe, epochs, warm, peak) == pytest.approx(peak * 2.5 / 5)  # mid-warmup
+    assert warmup_cosine(50 / spe, epochs, warm, peak) == pytest.approx(peak)
     # halfway through the cosine part: epoch 12.5 -> t = 0.5 -> peak / 2
-    assert warmup_cosine_lr(125, spe, epochs, warm, peak) == pytest.approx(peak / 2)
-    assert warmup_cosine_lr(200, spe, epochs, warm, peak) == pytest.approx(0.0, abs=1e-12)
-    assert warmup_cosine_lr(999, spe, epochs, warm, peak, min_lr=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(125 / spe, epochs, warm, peak) == pytest.approx(peak / 2)
+    assert warmup_cosine(200 / spe, epochs, warm, peak) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(999 / spe, epochs, warm, peak, min_lr=0.1) == pytest.approx(0.1)
     e = 7.3
     expect = 0.5 * (1 + math.cos(math.pi * (e - warm) / (epochs - warm))) * peak
-    assert warmup_cosine_lr(73, spe, epochs, warm, peak) == pytest.approx(expect)
+    assert warmup_cosine(73 / spe, epochs, warm, peak) == pytest.approx(expect)
     assert scaled_lr(0.1, 16384) == pytest.approx(6.4)
 
 

@@ -1,5 +1,6 @@
-"""``canbench.evaluation.suites`` / ``presets``: settings layering and validation, scale choice, data planning
-(built-in and IN-1K layouts), public-checkpoint shapes, and ``run_suites`` as the grid launcher calls it."""
+"""``canbench.evaluation`` runner / recipes / splits / source: settings layering and validation, scale
+choice, data planning (built-in and IN-1K layouts), public-checkpoint shapes, and ``run_suites`` as the grid
+launcher calls it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from PIL import Image
 
 from canbench.config import ConfigError
-from canbench.evaluation import presets as P
-from canbench.evaluation import suites as S
+from canbench.evaluation import context, external, runner, source, splits, suites
+from canbench.evaluation import recipes as P
 from canbench.train.recipe import build_config, scale_of
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
@@ -34,8 +35,8 @@ def run_dir(tmp_path_factory) -> Path:
 # ---- settings ---------------------------------------------------------------------------------------
 def test_settings_layering_and_unknown_keys():
     s = P.build_settings("smoke", {"knn": {"k": 5}}, P.parse_overrides(["knn.k=7", "fewshot.roots.dtd=/d"]))
-    assert s["knn"]["k"] == 7 and s["knn"]["temperature"] == 0.07 and s["fewshot"]["roots"] == {"dtd": "/d"}
-    assert s["linear"]["protocol"] == "smoke" and P.build_settings("mae")["finetune"]["protocol"] == "mae"
+    assert s.knn.k == 7 and s.knn.temperature == 0.07 and s.fewshot.roots == {"dtd": "/d"}
+    assert s.linear["protocol"] == "smoke" and P.build_settings("mae").finetune["protocol"] == "mae"
     for bad, name in (("linear.epochz=3", "linear.epochz"), ("finetune.lrr=1", "finetune.lrr"),
                       ("knn.kk=1", "knn.kk"), ("data.rot=/x", "data.rot"), ("lineat.epochs=1", "lineat")):
         with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
@@ -65,10 +66,10 @@ def test_preset_resolution(tmp_path):
 
 
 def test_expand_suites_and_scale_of():
-    assert S.expand_suites(["all"]) == ["knn", "linear", "fewshot", "finetune", "shift"]
-    assert S.expand_suites(["linear", "knn", "linear"]) == ["linear", "knn"]
+    assert runner.expand_suites(["all"]) == ["knn", "linear", "fewshot", "finetune", "shift"]
+    assert runner.expand_suites(["linear", "knn", "linear"]) == ["linear", "knn"]
     with pytest.raises(ConfigError, match="unknown evaluation suite 'lin'"):
-        S.expand_suites(["lin"])
+        runner.expand_suites(["lin"])
     assert scale_of(build_config("can", "smoke"))[0] == "smoke"
     assert scale_of(build_config("can", "small"))[0] == "small"
     assert scale_of(build_config("can", "vit_b_in1k", validate_paths=False))[0] == "paper"
@@ -89,21 +90,21 @@ def test_imagenet_layouts(tmp_path):
     _image_tree(tmp_path / "in" / "train")
     _image_tree(tmp_path / "in" / "val")
     for root in (tmp_path / "in", tmp_path / "in" / "train"):  # <root>/{train,val} or root=.../train
-        train, val = S.imagenet_specs("imagefolder", str(root), None)
+        train, val = splits.imagenet_specs("imagefolder", str(root), None)
         assert (train.label, train.split, val.split) == ("imagenet", "train", "val")
         assert Path(train.root) == Path(val.root) == tmp_path / "in"
         assert len(train.build(16)) == 6 and len(val.build(16)) == 6
     _image_tree(tmp_path / "other" / "train")
     with pytest.raises(ConfigError, match="no val folder"):
-        S.imagenet_specs("imagefolder", str(tmp_path / "other"), None)
-    _, val = S.imagenet_specs("imagefolder", str(tmp_path / "other"), str(tmp_path / "in" / "val"))
+        splits.imagenet_specs("imagefolder", str(tmp_path / "other"), None)
+    _, val = splits.imagenet_specs("imagefolder", str(tmp_path / "other"), str(tmp_path / "in" / "val"))
     assert Path(val.root) == tmp_path / "in" / "val"
     with pytest.raises(ConfigError, match=r"data.root=/path"):
-        S.imagenet_specs("imagefolder", None, None)
+        splits.imagenet_specs("imagefolder", None, None)
     with pytest.raises(ConfigError, match="does not exist"):
-        S.imagenet_specs("imagefolder", str(tmp_path / "missing"), None)
+        splits.imagenet_specs("imagefolder", str(tmp_path / "missing"), None)
     with pytest.raises(ConfigError, match="meta.bin"):  # torchvision ImageNet layout needs its devkit meta
-        S.imagenet_specs("imagenet", str(tmp_path / "in"), None)
+        splits.imagenet_specs("imagenet", str(tmp_path / "in"), None)
 
 
 def test_external_model_shape_is_read_from_the_weights():
@@ -111,12 +112,12 @@ def test_external_model_shape_is_read_from_the_weights():
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=4, num_classes=0,
                             class_token=True, fc_norm=False)
-    cfg = S.external_model_config(vit.state_dict(), {"pool": "avg"})
+    cfg = external.external_model_config(vit.state_dict(), {"pool": "avg"})
     assert (cfg.arch, cfg.img_size, cfg.patch_size, cfg.class_token) == ("vit_micro", 16, 4, True)
-    cfg = S.external_model_config(vit.state_dict(), {"pool": "avg", "class_token": False})
+    cfg = external.external_model_config(vit.state_dict(), {"pool": "avg", "class_token": False})
     assert cfg.class_token is False
     with pytest.raises(ConfigError, match="vit_small is width 384"):
-        S.external_model_config(vit.state_dict(), {"pool": "avg"}, arch="vit_small")
+        external.external_model_config(vit.state_dict(), {"pool": "avg"}, arch="vit_small")
 
 
 def test_imagenet_family_plans_check_every_root_first(tmp_path):
@@ -129,40 +130,40 @@ def test_imagenet_family_plans_check_every_root_first(tmp_path):
                             class_token=True, fc_norm=False)
     ckpt = tmp_path / "w.pth"
     torch.save({"model": vit.state_dict()}, ckpt)
-    src = S.resolve_source(ckpt, fmt="timm")
-    ctx = S.build_context(src, tmp_path / "out", overrides=[f"data.root={tmp_path / 'in'}",
+    src = source.resolve_source(ckpt, fmt="timm")
+    ctx = context.build_context(src, tmp_path / "out", overrides=[f"data.root={tmp_path / 'in'}",
                                                             "data.dataset=imagefolder"])
     assert (ctx.family, ctx.profile, ctx.img_size) == ("imagenet", "paper", 16)
-    plan = S.plan_linear(ctx)
+    plan = suites.plan_linear(ctx)
     assert plan.plan_fields["dataset"] == "imagenet" and plan.plan_fields["eval_config"]["mode"] == "full"
     assert plan.plan_fields["eval_config"]["crop_pct"] == 0.875
     with pytest.raises(ConfigError, match="fewshot.datasets"):
-        S.plan_fewshot(ctx)
+        suites.plan_fewshot(ctx)
     # default paper shift sets: imagenet's root is the IN-1K val folder, the next one has none
     with pytest.raises(ConfigError, match=r"shift set 'imagenet_v2'.*shift\.roots\.imagenet_v2"):
-        S.plan_shift(ctx, tmp_path / "ft.pt")
+        suites.plan_shift(ctx)
     # nothing ran
     with pytest.raises(ConfigError, match=r"shift set 'imagenet_v2'"):
-        S.evaluate(src, ["linear", "shift"], tmp_path / "out",
+        runner.evaluate(src, ["linear", "shift"], tmp_path / "out",
                    overrides=[f"data.root={tmp_path / 'in'}", "data.dataset=imagefolder"])
     assert not (tmp_path / "out").exists()
 
 
 # ---- run_suites -------------------------------------------------------------------------------------
 def test_run_suites_uses_extra_eval_and_skips_when_done(run_dir):
-    res = S.run_suites(run_dir, ["knn"], device="cpu")
+    res = runner.run_suites(run_dir, ["knn"], device="cpu")
     rec = res["knn"]
     assert rec["skipped"] is False and rec["fingerprint"]["k"] == 3  # extra.eval.knn.k from the run config
     assert rec["fingerprint"]["eval_data"]["test"]["size"] == 30
     stored = json.loads((run_dir / "eval" / "knn.json").read_text())
     assert stored["metrics"]["top1"] == rec["metrics"]["top1"]
-    assert S.run_suites(run_dir, ["knn"], device="cpu")["knn"]["skipped"] is True
+    assert runner.run_suites(run_dir, ["knn"], device="cpu")["knn"]["skipped"] is True
     # overrides beat extra.eval; a different setting is not "done"
-    again = S.run_suites(run_dir, ["knn"], overrides={"knn": {"k": 4}}, device="cpu")["knn"]
+    again = runner.run_suites(run_dir, ["knn"], overrides={"knn": {"k": 4}}, device="cpu")["knn"]
     assert again["skipped"] is False and again["fingerprint"]["k"] == 4
-    assert S.run_suites(run_dir, ["knn"], overrides={"knn": {"k": 4}}, force=True)["knn"]["skipped"] is False
+    assert runner.run_suites(run_dir, ["knn"], overrides={"knn": {"k": 4}}, force=True)["knn"]["skipped"] is False
     with pytest.raises(ConfigError, match="run folder"):
-        S.run_suites(run_dir / "eval", ["knn"])
+        runner.run_suites(run_dir / "eval", ["knn"])
 
 
 def test_run_suites_rerun_when_checkpoint_changes(run_dir, tmp_path):
@@ -170,10 +171,10 @@ def test_run_suites_rerun_when_checkpoint_changes(run_dir, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    S.run_suites(copy, ["knn"], device="cpu")
-    assert S.run_suites(copy, ["knn"], device="cpu")["knn"]["skipped"] is True
+    runner.run_suites(copy, ["knn"], device="cpu")
+    assert runner.run_suites(copy, ["knn"], device="cpu")["knn"]["skipped"] is True
     ck = torch.load(copy / "checkpoints" / "last.pt", weights_only=True)
     ck["step"] = 3
     torch.save(ck, copy / "checkpoints" / "last.pt")
-    rec = S.run_suites(copy, ["knn"], device="cpu")["knn"]
+    rec = runner.run_suites(copy, ["knn"], device="cpu")["knn"]
     assert rec["skipped"] is False and rec["checkpoint"]["step"] == 3

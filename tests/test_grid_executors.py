@@ -131,9 +131,6 @@ def test_grid_completes_and_resubmit_submits_nothing(tmp_path, executor):
 
 def test_suites_run_after_pretraining_and_their_failure_is_reported(tmp_path, monkeypatch):
     """In-process: run_suites(run_dir, suites) is called after fit; its results / its error land in status."""
-    import sys
-    import types
-
     needs_engine()
     calls = []
 
@@ -144,9 +141,9 @@ def test_suites_run_after_pretraining_and_their_failure_is_reported(tmp_path, mo
         return {s: {"metrics": {"top1": 12.5, "curve": [1, 2]}, "path": Path(run_dir) / "eval" / f"{s}.json",
                     "skipped": False} for s in suites}
 
-    fake = types.ModuleType("canbench.evaluation.suites")
-    fake.run_suites = run_suites
-    monkeypatch.setitem(sys.modules, "canbench.evaluation.suites", fake)
+    from canbench.evaluation import runner
+
+    monkeypatch.setattr(runner, "run_suites", run_suites)
     spec = tiny_spec("suites", methods=("mae",), seeds=(0, 1), suites=["knn", "linear"])
     runs = control.plan(spec, "smoke", executor="debug", root=tmp_path)[0]
     (tmp_path / runs[1].folder_name).mkdir(parents=True)

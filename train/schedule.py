@@ -1,18 +1,26 @@
-"""Learning-rate schedules as pure functions of the global step (unit-tested)."""
+"""The learning-rate schedule of every training loop in canbench, a pure function of progress (unit-tested).
+
+Pretraining evaluates it at integer steps (``t = step``, ``total = total_steps``, ``warmup = warmup_steps``);
+the linear probe and finetuning at fractional epochs (``t = step / steps_per_epoch``, ``total = epochs``),
+as MAE's ``util/lr_sched.adjust_learning_rate`` does.
+"""
 
 from __future__ import annotations
 
 import math
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``min_lr``.
+def warmup_cosine(t: float, total: float, warmup: float, peak_lr: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``peak_lr`` over ``warmup``, then cosine decay to ``min_lr`` at ``total``.
 
-    Per iteration (MAE's ``adjust_learning_rate`` evaluated at integer steps): at step s < warmup the
-    lr is peak * s / warmup; afterwards min + (peak - min) * 0.5 * (1 + cos(pi * t)), t in [0, 1].
+    t < warmup: peak * t / warmup; afterwards min + (peak - min) * 0.5 * (1 + cos(pi * f)) with
+    f = (t - warmup) / (total - warmup) clamped to [0, 1] (f = 1 when there is nothing left to decay over).
     """
-    if step < warmup_steps:
-        return peak_lr * step / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    if t < warmup:
+        return peak_lr * t / warmup
+    span = total - warmup
+    frac = 1.0 if span <= 0 else min(1.0, (t - warmup) / span)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+__all__ = ["warmup_cosine"]

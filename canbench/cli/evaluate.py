@@ -20,7 +20,8 @@ import math
 import sys
 from typing import Any
 
-from canbench.evaluation.presets import PROFILES, SUITES
+from canbench.config import SUITES
+from canbench.evaluation.recipes import PROFILES
 
 EPILOG = """settings (--set SECTION.KEY=VALUE, repeatable; values are YAML, e.g. [1,5,10,25]):
   data.dataset|root|val_root|train_size|test_size     linear / kNN / finetune data (default: the run's)
@@ -61,7 +62,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from canbench.evaluation.suites import evaluate, resolve_source
+    from canbench.evaluation.runner import evaluate
+    from canbench.evaluation.source import resolve_source
 
     source = resolve_source(args.checkpoint, fmt=args.fmt, arch=args.arch)
     if source.kind == "external" and args.out is None:
