@@ -368,6 +368,7 @@ class RunRecord:
     axes_scaled: dict[str, Any] | None = None  # axis values used at this scale, where they differ
     suites: list[str] | None = None  # evaluation suites the grid runs after pretraining
     eval: dict[str, Any] | None = None  # evaluation settings of this run (section -> key -> value)
+    pretrain_data: str | None = None  # what data.root holds when its name cannot say (e.g. jft300m)
     synthetic: bool = False  # made-up results (report previews and tests)
     random_init: bool = False  # an untrained encoder (the random-init baseline of a benchmark)
 

@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from canbench.fingerprint import INFORMATIONAL, mismatches
+from canbench.methods import METHODS, loss_term_names
 from canbench.reports.collect import normalize_dataset
 from canbench.reports.paper import PAPER_KEYS
 
@@ -45,22 +46,16 @@ FIXED_SETTING = {  # benchmark -> (arch, pretrain_data, epochs) of the paper's e
 }
 TABLE_DATA = {"table2": "jft300m", "table3": "in1k"}
 SUITE_PROTOCOL = {"pretrain": "train_loss"}
-TRAIN_METRICS = {"infonce": "contrastive_loss", "rec": "reconstruction_loss", "denoise": "denoise_loss"}
-LOWER_IS_BETTER = ("loss", "contrastive_loss", "reconstruction_loss", "denoise_loss")
+TRAIN_METRICS = loss_term_names()  # each method's loss term -> the name tables use (infonce -> contrastive_loss)
+LOWER_IS_BETTER = ("loss", *sorted(set(TRAIN_METRICS.values())))
 
-# Eval fingerprint keys as other parts of the harness may spell them -> one name.
-EVAL_KEY_ALIASES = {
-    "image_size": "img_size", "input_size": "img_size", "resolution": "img_size", "pool": "pooling",
-    "global_pool": "pooling", "head_batchnorm": "head_bn", "data": "dataset", "data_set": "dataset",
-    "eval_dataset": "dataset", "report": "metric", "epoch_metric": "metric",
-}
 # Per-run or bookkeeping fields that never decide comparability (beyond canbench's INFORMATIONAL).
 PER_RUN_FIELDS = frozenset({"seed", "created", "run_id", "run_dir", "checkpoint", "path", "sha256", "host",
                             "hostname", "time", "wall_time", "elapsed_s", "duration_s"})
 
 PAPER_PRETRAIN = {"pretrain.img_size": 224, "pretrain.patch_size": 16, "pretrain.batch_size": 4096,
                   "pretrain.max_steps": None, "pretrain.pool": "avg"}
-PAPER_MASK_RATIO = {"can": 0.5, "simclr": 0.0, "mae": 0.75}
+PAPER_MASK_RATIO = {name: cls.defaults["mask_ratio"] for name, cls in METHODS.items()}  # each method's default
 PAPER_EVAL = {  # PROTOCOLS.md §3 (paper Tables 10-11); max_steps None: no step cap
     "linear": {"eval.pooling": "avg", "eval.head_bn": True, "eval.epochs": 100, "eval.metric": "last_epoch",
                "eval.mode": "augmented", "eval.dataset": "in1k", "eval.img_size": 224, "eval.max_steps": None},
@@ -145,7 +140,6 @@ def protocol_fingerprint(row: dict) -> dict[str, Any]:
     for k, v in (row.get("fingerprint") or {}).items():
         if k in INFORMATIONAL or k in PER_RUN_FIELDS:
             continue
-        k = EVAL_KEY_ALIASES.get(k, k)
         if k == "dataset":
             v = normalize_dataset(v)
         elif k == "metric" and isinstance(v, str) and v.startswith("last_epoch"):
@@ -207,12 +201,6 @@ def describe_mismatches(diff: dict[str, tuple], expected_label: str = "paper") -
         got_s = "not recorded" if got is None and want is not None else fmt_key(got) or repr(got)
         parts.append(f"{k} {got_s} ({expected_label} {fmt_key(want) if want is not None else 'none'})")
     return "; ".join(parts)
-
-
-def paper_mismatches(agg_row: dict) -> dict[str, tuple]:
-    """Fields on which an aggregated cell's fingerprint differs from the paper's protocol for it."""
-    want = paper_protocol(agg_row)
-    return mismatches(agg_row["fp"], want, keys=list(want))
 
 
 def best_group(groups: pd.DataFrame, expected: dict[str, Any] | None,

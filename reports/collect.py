@@ -1,8 +1,9 @@
 """Read a results root (run folders at any depth) into pandas DataFrames.
 
-A run folder is any folder holding ``config.yaml``. Partial runs are normal (a job may still be
-running, or have crashed mid-write): a missing or torn file is skipped with a logged warning and
-never stops the collection.
+A run folder is any folder holding ``config.yaml`` (:func:`canbench.rundir.find_runs`); its files are read
+through :class:`canbench.rundir.RunDir` and its ``extra`` section as a :class:`canbench.config.RunRecord`.
+Partial runs are normal (a job may still be running, or have crashed mid-write): a missing or torn file is
+skipped with a logged warning and never stops the collection.
 
 - :func:`collect` — one row per (run, suite, metric cell) of ``eval/<suite>.json`` (plus the
   pretraining summary's final losses as suite ``pretrain``).
@@ -23,14 +24,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from canbench.config import flatten
+from canbench.config import RunRecord, flatten
 from canbench.fingerprint import mismatches
-from canbench.io import read_json, read_jsonl
+from canbench.io import read_json
+from canbench.rundir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
-
-# Accuracies are percentages; these metric names are losses (lower is better).
-LOSS_METRICS = ("loss", "infonce", "rec", "denoise", "contrastive_loss", "reconstruction_loss")
 
 # Run-level columns every DataFrame of this module starts with.
 RUN_COLUMNS = [
@@ -64,22 +63,6 @@ def normalize_dataset(name: Any) -> Any:
     if not isinstance(name, str):
         return name
     return DATASET_ALIASES.get(name.strip().lower(), name)
-
-
-def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Every folder under ``root`` (``root`` included) that holds a ``config.yaml``, sorted."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"results root {root} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"results root {root} is not a folder")
-    runs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # never descend into hidden folders, checkpoints or the eval folder of a run
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("eval", "checkpoints"))
-        if "config.yaml" in filenames:
-            runs.append(Path(dirpath))
-    return sorted(runs)
 
 
 def _read(path: Path, kind: str) -> Any:
@@ -120,27 +103,11 @@ def _get(d: dict, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def _grid_values(cfg: dict) -> dict[str, Any]:
-    """The grid axes of a run: ``extra.axes`` (the paper's nominal values, written by the grid
-    launcher), else ``extra.grid`` given as a mapping or as a list of dotted config keys."""
-    extra = cfg.get("extra") or {}
-    if isinstance(extra.get("axes"), dict):
-        return {str(k): v for k, v in extra["axes"].items()}
-    grid = extra.get("grid")
-    if isinstance(grid, dict):
-        return {str(k): v for k, v in grid.items()}
-    if isinstance(grid, (list, tuple)):
-        return {str(k): _get(cfg, str(k)) for k in grid}
-    return {}
-
-
 PRESET_ARCH = (("vit_l", "vit_large"), ("vit_b", "vit_base"))  # preset alias prefix -> the paper's arch
 
 
-def _paper_arch(extra: dict, axes: dict) -> str | None:
-    """The architecture of the paper row a run stands for (``extra.paper_arch``, else its nominal axes)."""
-    if extra.get("paper_arch"):
-        return str(extra["paper_arch"])
+def _paper_arch(axes: dict) -> str | None:
+    """The architecture of the paper row a run stands for: its nominal ``model.arch`` axis, else its preset axis."""
     if axes.get("model.arch"):
         return str(axes["model.arch"])
     preset = axes.get("preset")
@@ -151,28 +118,25 @@ def _paper_arch(extra: dict, axes: dict) -> str | None:
     return None
 
 
-def run_meta(run_dir: Path, cfg: dict, status: dict | None, summary: dict | None) -> dict[str, Any]:
+def run_meta(run: RunDir, cfg: dict, status: dict | None, summary: dict | None) -> dict[str, Any]:
     """Run-level columns (identity, benchmark, grid axes) from a run's config, status and summary."""
-    extra = cfg.get("extra") or {}
-    axes = _grid_values(cfg)
-    method = _get(cfg, "method.name")
-    epochs = _get(cfg, "optim.epochs")
-    paper_epochs = extra.get("paper_epochs", axes.get("optim.epochs"))
+    rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
+    axes = {str(k): v for k, v in (rec.axes or {}).items()}
     return {
-        "run_dir": str(run_dir),
-        "run_id": (summary or {}).get("run_id") or extra.get("run_id") or extra.get("run_name") or run_dir.name,
-        "run_name": extra.get("run_name") or run_dir.name,
+        "run_dir": str(run.path),
+        "run_id": (summary or {}).get("run_id") or rec.run_id or rec.run_name or run.name,
+        "run_name": rec.run_name or run.name,
         "state": (status or {}).get("state", "unknown"),
-        "method": method,
+        "method": _get(cfg, "method.name"),
         "arch": _get(cfg, "model.arch"),
         "seed": _get(cfg, "train.seed"),
-        "benchmark": extra.get("benchmark"),
-        "scale": extra.get("scale"),
-        "grid_name": extra.get("grid") if isinstance(extra.get("grid"), str) else None,
-        "preset": extra.get("preset"),
-        "variant": extra.get("variant") or axes.get("variant"),
-        "pretrain_data": normalize_dataset(extra.get("pretrain_data") or _get(cfg, "data.dataset")),
-        "epochs": _num(epochs),
+        "benchmark": rec.benchmark,
+        "scale": rec.scale,
+        "grid_name": rec.grid,
+        "preset": rec.preset,
+        "variant": axes.get("variant"),
+        "pretrain_data": normalize_dataset(rec.pretrain_data or _get(cfg, "data.dataset")),
+        "epochs": _num(_get(cfg, "optim.epochs")),
         "epoch_unit": _get(cfg, "optim.epoch_unit", "dataset"),
         "max_steps": _get(cfg, "optim.max_steps"),
         "batch_size": _get(cfg, "optim.batch_size"),
@@ -183,10 +147,10 @@ def run_meta(run_dir: Path, cfg: dict, status: dict | None, summary: dict | None
         "lam": _num(_get(cfg, "method.lam")),
         "sigma_max": _num(_get(cfg, "method.sigma_max")),
         "noise_mode": _get(cfg, "method.noise_mode"),
-        "paper_arch": _paper_arch(extra, axes),
-        "paper_epochs": paper_epochs,
+        "paper_arch": _paper_arch(axes),
+        "paper_epochs": axes.get("optim.epochs"),
         "grid": axes,
-        "protocol": _pretrain_protocol(cfg),
+        "protocol": _pretrain_protocol(cfg, rec),
     }
 
 
@@ -195,12 +159,13 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _pretrain_protocol(cfg: dict) -> dict[str, Any]:
+def _pretrain_protocol(cfg: dict, rec: RunRecord | None = None) -> dict[str, Any]:
     """Pretraining fields that decide comparability (``pretrain.*``): scale, data, model, method."""
-    extra = cfg.get("extra") or {}
+    if rec is None:
+        rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
     fields = {
         "pretrain.arch": _get(cfg, "model.arch"),
-        "pretrain.data": normalize_dataset(extra.get("pretrain_data") or _get(cfg, "data.dataset")),
+        "pretrain.data": normalize_dataset(rec.pretrain_data or _get(cfg, "data.dataset")),
         "pretrain.epochs": _get(cfg, "optim.epochs"),
         "pretrain.epoch_unit": _get(cfg, "optim.epoch_unit", "dataset"),
         "pretrain.max_steps": _get(cfg, "optim.max_steps"),
@@ -221,8 +186,8 @@ def _pretrain_protocol(cfg: dict) -> dict[str, Any]:
     return _jsonable(fields)
 
 
-def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None, dict | None]]:
-    """(run_dir, config, status, summary) of every run with a readable config (others warned, skipped).
+def iter_runs(root: str | os.PathLike) -> Iterator[tuple[RunDir, dict, dict | None, dict | None]]:
+    """(run, config, status, summary) of every run with a readable config (others warned, skipped).
 
     Superseded grid runs are skipped with a warning: when one folder holds several runs of the same
     grid run name (``extra.run_name``) with different run ids, i.e. the same method, axes and seed
@@ -230,51 +195,46 @@ def iter_runs(root: str | os.PathLike) -> Iterator[tuple[Path, dict, dict | None
     with the latest activity is reported. Reporting both would count one seed twice.
     """
     runs = []
-    for run_dir in find_runs(root):
-        cfg = _read(run_dir / "config.yaml", "yaml")
+    for run in find_runs(root):
+        cfg = _read(run.config_path, "yaml")
         if cfg is None:
-            log.warning("skipping run %s: config.yaml is missing or unreadable", run_dir)
+            log.warning("skipping run %s: config.yaml is missing or unreadable", run.path)
             continue
         if not isinstance(cfg.get("method"), dict) or "name" not in cfg["method"]:
-            log.warning("skipping run %s: config.yaml has no method.name", run_dir)
+            log.warning("skipping run %s: config.yaml has no method.name", run.path)
             continue
-        runs.append((run_dir, cfg))
+        runs.append((run, cfg))
     skip = _superseded(runs)
-    for run_dir, cfg in runs:
-        if run_dir not in skip:
-            yield run_dir, cfg, _read(run_dir / "status.json", "json"), _read(run_dir / "summary.json", "json")
-
-
-def _last_activity(run_dir: Path) -> float:
-    return max((p.stat().st_mtime for p in (run_dir / n for n in ("config.yaml", "status.json", "summary.json"))
-                if p.exists()), default=0.0)
+    for run, cfg in runs:
+        if run not in skip:
+            yield run, cfg, _read(run.status_path, "json"), _read(run.summary_path, "json")
 
 
 _WARNED_SUPERSEDED: set[tuple[str, str]] = set()
 
 
-def _superseded(runs: list[tuple[Path, dict]]) -> set[Path]:
+def _superseded(runs: list[tuple[RunDir, dict]]) -> set[RunDir]:
     """Run folders that a newer run of the same grid run name in the same folder replaces (warned)."""
-    groups: dict[tuple[Path, str], list[tuple[Path, dict]]] = {}
-    for run_dir, cfg in runs:
-        extra = cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}
-        if extra.get("run_name") and extra.get("run_id"):
-            groups.setdefault((run_dir.parent, str(extra["run_name"])), []).append((run_dir, cfg))
-    skip: set[Path] = set()
+    groups: dict[tuple[Path, str], list[tuple[RunDir, dict, RunRecord]]] = {}
+    for run, cfg in runs:
+        rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
+        if rec.run_name and rec.run_id:
+            groups.setdefault((run.path.parent, rec.run_name), []).append((run, cfg, rec))
+    skip: set[RunDir] = set()
     for (parent, name), members in groups.items():
-        if len({str(c["extra"]["run_id"]) for _, c in members}) < 2:
+        if len({m[2].run_id for m in members}) < 2:
             continue
-        members.sort(key=lambda m: (_last_activity(m[0]), str(m[0])))
-        keep_dir, keep_cfg = members[-1]
-        for run_dir, cfg in members[:-1]:
-            skip.add(run_dir)
-            if (str(run_dir), str(keep_dir)) in _WARNED_SUPERSEDED:  # once per process, not per collect()
+        members.sort(key=lambda m: (m[0].last_activity(), str(m[0].path)))
+        keep, keep_cfg, _ = members[-1]
+        for run, cfg, _ in members[:-1]:
+            skip.add(run)
+            if (str(run.path), str(keep.path)) in _WARNED_SUPERSEDED:  # once per process, not per collect()
                 continue
-            _WARNED_SUPERSEDED.add((str(run_dir), str(keep_dir)))
+            _WARNED_SUPERSEDED.add((str(run.path), str(keep.path)))
             diff = mismatches(*(flatten({k: v for k, v in c.items() if k != "extra"}) for c in (cfg, keep_cfg)))
             log.warning("%s: %d runs named %r; reporting the latest, %s, and skipping %s (config differs in: %s). "
                         "Move or delete the older folder to silence this.", parent, len(members), name,
-                        keep_dir.name, run_dir.name, ", ".join(diff) or "extra only")
+                        keep.name, run.name, ", ".join(diff) or "extra only")
     return skip
 
 
@@ -318,10 +278,9 @@ def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFr
     ``infonce``, ``rec``, ``denoise``) so one frame feeds tables, claims and checks.
     """
     rows: list[dict[str, Any]] = []
-    for run_dir, cfg, status, summary in iter_runs(root):
-        meta = run_meta(run_dir, cfg, status, summary)
-        eval_dir = run_dir / "eval"
-        for path in sorted(eval_dir.glob("*.json")) if eval_dir.is_dir() else []:
+    for run, cfg, status, summary in iter_runs(root):
+        meta = run_meta(run, cfg, status, summary)
+        for path in run.result_paths():
             res = _read(path, "json")
             if res is None:
                 continue
@@ -351,13 +310,13 @@ def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFr
 def collect_pretrain(root: str | os.PathLike) -> pd.DataFrame:
     """One row per run with a readable ``summary.json``: final losses, FLOPs, throughput, hours, memory."""
     rows: list[dict[str, Any]] = []
-    for run_dir, cfg, status, summary in iter_runs(root):
+    for run, cfg, status, summary in iter_runs(root):
         if summary is None:
             state = (status or {}).get("state")
             if state == "done":
-                log.warning("run %s is done but has no readable summary.json; skipped", run_dir)
+                log.warning("run %s is done but has no readable summary.json; skipped", run.path)
             continue
-        meta = run_meta(run_dir, cfg, status, summary)
+        meta = run_meta(run, cfg, status, summary)
         final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
         flops = summary.get("flops_per_image") if isinstance(summary.get("flops_per_image"), dict) else {}
         fp = summary.get("fingerprint") if isinstance(summary.get("fingerprint"), dict) else {}
@@ -383,11 +342,11 @@ def collect_pretrain(root: str | os.PathLike) -> pd.DataFrame:
 def loss_curves(root: str | os.PathLike) -> pd.DataFrame:
     """One row per logged step of every run's ``metrics.jsonl`` (torn lines skipped)."""
     frames = []
-    for run_dir, cfg, status, summary in iter_runs(root):
-        lines = [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r, dict) and "step" in r]
+    for run, cfg, status, summary in iter_runs(root):
+        lines = [r for r in run.read_metrics() if "step" in r]
         if not lines:
             continue
-        meta = run_meta(run_dir, cfg, status, summary)
+        meta = run_meta(run, cfg, status, summary)
         df = pd.DataFrame(lines)
         for col in CURVE_COLUMNS:
             if col in meta:

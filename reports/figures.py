@@ -16,12 +16,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from canbench.methods import METHODS  # noqa: E402
 from canbench.reports.tables import ARCH_LABELS, METHOD_LABELS  # noqa: E402
 
-METHOD_COLORS = {"can": "tab:blue", "simclr": "tab:orange", "mae": "tab:green"}
-METHOD_ORDER = ("can", "simclr", "mae")
+METHOD_ORDER = tuple(METHODS)  # the registry's order
+METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}  # matplotlib's cycle: can blue, simclr orange, ...
 NOT_RUN = "not run at this scale"
-CAN_DEFAULTS = {"l_nce": 0.03, "sigma_max": 0.05, "lam": 0.7}
+CAN_DEFAULTS = {k: METHODS["can"].defaults[k] for k in ("l_nce", "sigma_max", "lam")}
 PAGE = (8.27, 5.2)  # A4 width; two figures fit one page
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-METHOD_DEFAULTS = {  # mirrors canbench.config.METHOD_DEFAULTS
-    "can": dict(mask_ratio=0.5, l_nce=0.03, lam=0.7, sigma_max=0.05, noise_mode="full"),
-    "simclr": dict(mask_ratio=0.0, l_nce=1.0, lam=1.0, sigma_max=0.0, noise_mode="none"),
-    "mae": dict(mask_ratio=0.75, l_nce=0.0, lam=1.0, sigma_max=0.0, noise_mode="none"),
-}
+from canbench.config import RunRecord
+from canbench.methods import METHODS
+from canbench.rundir import RunDir
+
+METHOD_DEFAULTS = {name: dict(cls.defaults) for name, cls in METHODS.items()}  # read from the method classes
 SMOKE = dict(arch="vit_micro", dataset="builtin", epochs=1.0, max_steps=20, batch_size=64, img_size=32,
              patch_size=4)
 PAPER = dict(arch="vit_base", dataset="imagenet", epochs=100.0, max_steps=None, batch_size=4096, img_size=224,
@@ -65,7 +65,7 @@ def write_run(root: str | os.PathLike, name: str, method: str, *, seed: int = 0,
     ``config.extra`` mimics the grid launcher: benchmark, grid, scale, run_name, run_id, axes.
     """
     scale = {**SMOKE, **(scale or {})}
-    run_dir = Path(root) / name
+    run = RunDir(Path(root) / name)
     mcfg = {"name": method, **METHOD_DEFAULTS[method], "temperature": 0.1, "norm_pix_loss": False,
             **(method_cfg or {})}
     paper = scale["img_size"] == 224
@@ -74,6 +74,7 @@ def write_run(root: str | os.PathLike, name: str, method: str, *, seed: int = 0,
     if benchmark:
         ex.update(benchmark=benchmark, grid=f"synthetic_{benchmark}")
     ex.update(extra or {})
+    ex = RunRecord.from_dict(ex).to_dict()  # a typed run record, as the grid launcher writes it
     cfg = {
         "model": {"arch": scale["arch"], "img_size": scale["img_size"], "patch_size": scale["patch_size"],
                   "class_token": False, "pool": "avg"},
@@ -84,9 +85,9 @@ def write_run(root: str | os.PathLike, name: str, method: str, *, seed: int = 0,
         "train": {"seed": seed},
         "extra": ex,
     }
-    _write(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    _write(run.config_path, yaml.safe_dump(cfg, sort_keys=False))
     steps = scale["max_steps"] or 1000
-    _json(run_dir / "status.json", {"state": state, "reason": None, "step": steps, "job_ids": ["1"]})
+    _json(run.status_path, {"state": state, "reason": None, "step": steps, "job_ids": ["1"]})
     final = final or {"loss": 1.0}
     rng = np.random.default_rng(seed)
     lines = []
@@ -97,19 +98,19 @@ def write_run(root: str | os.PathLike, name: str, method: str, *, seed: int = 0,
         for k, v in final.items():
             line[k] = float(v * (1 + 2 * (1 - frac)) * (1 + 0.01 * rng.standard_normal()))
         lines.append(json.dumps(line) + "\n")
-    _write(run_dir / "metrics.jsonl", "".join(lines))
+    _write(run.metrics_path, "".join(lines))
     if state == "done":
         fwd, train = flops or (1e9, 3e9)
-        _json(run_dir / "summary.json", {
+        _json(run.summary_path, {
             "run_id": ex["run_id"], "method": method, "arch": scale["arch"], "steps": steps, "final": final,
             "flops_per_image": {"forward": fwd, "train": train}, "img_per_s": img_per_s, "gpu_hours": gpu_hours,
             "device_hours": gpu_hours, "peak_mem_bytes": 2**30, "fingerprint": {"precision": "fp32", **ENV}})
     for suite, metrics in (evals or {}).items():
-        _json(run_dir / "eval" / f"{suite}.json", {
+        _json(run.result_path(suite), {
             "suite": suite, "metrics": metrics, "fingerprint": eval_fp or eval_fingerprint(scale, suite),
-            "checkpoint": {"path": str(run_dir / "checkpoints" / "last.pt"), "sha256": "0" * 64, "step": steps},
+            "checkpoint": {"path": str(run.last_checkpoint), "sha256": "0" * 64, "step": steps},
             "created": "2024-01-01T00:00:00"})
-    return run_dir
+    return run.path
 
 
 FEWSHOT_SETS = ("cifar10", "dtd", "flowers102")

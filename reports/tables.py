@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from canbench.methods import METHODS
 from canbench.reports.cells import (
     CELL_KEYS,
     PAPER_TABLES,
@@ -47,7 +48,7 @@ SHAPES: dict[str, tuple[list[str], list[tuple[str, dict[str, str]]]]] = {
                             ("Reconstruction loss", {"protocol": "train_loss", "metric": "reconstruction_loss"})]),
     "table5": (["variant"], [("ImageNet top-1", {"protocol": "linear", "metric": "top1"})]),
 }
-METHOD_LABELS = {"can": "CAN", "simclr": "SimCLR†", "mae": "MAE†"}
+METHOD_LABELS = {name: cls.label for name, cls in METHODS.items()}  # how each registered method prints
 ARCH_LABELS = {"vit_base": "ViT-B", "vit_large": "ViT-L", "vit_small": "ViT-S", "vit_tiny": "ViT-Ti",
                "vit_micro": "ViT-micro", "resnet50": "R50", "resnet200x2": "R200x2", "swin_t": "Swin-T"}
 LONG_COLUMNS = [*CELL_KEYS[:1], "row", "column", *CELL_KEYS[1:], "paper", "mean", "std", "n", "diff", "status",

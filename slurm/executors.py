@@ -19,6 +19,8 @@ from typing import Any
 
 import submitit
 
+from canbench.config import ConfigError
+
 from .grid import Resources
 from .job import ChainJob, RunJob
 
@@ -31,7 +33,7 @@ FAILED_STATES = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "B
 GRACE_S = 120.0  # a just-submitted job that no tool knows yet is taken as alive for this long
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(ConfigError):
     """The executor cannot be used here (e.g. no sbatch); the message says what to do instead."""
 
 

@@ -87,16 +87,16 @@ def tail_jsonl(path: str | Path, max_bytes: int = 65536) -> dict[str, Any] | Non
     return None
 
 
-def run_record(d: Path) -> dict[str, Any]:
+def run_row(d: Path) -> dict[str, Any]:
     """One row of the aggregate view: identity, axes, state, progress, job, final losses, suites."""
     run = RunDir(d)
     cfg = run.read_config() or {}
-    extra = cfg.get("extra", {})
+    rec = run.record()
     st = run.read_status()
     last = tail_jsonl(run.metrics_path) or {}
     row: dict[str, Any] = {
-        "run": extra.get("run_name", d.name),
-        "run_id": extra.get("run_id"),
+        "run": rec.run_name or d.name,
+        "run_id": rec.run_id,
         "method": cfg.get("method", {}).get("name"),
         "seed": cfg.get("train", {}).get("seed"),
         "state": st.get("state", "pending"),
@@ -108,7 +108,7 @@ def run_record(d: Path) -> dict[str, Any]:
         "reason": st.get("reason"),
         "folder": str(d),
     }
-    for k, v in (extra.get("axes") or {}).items():
+    for k, v in (rec.axes or {}).items():
         row[f"axis:{k}"] = v
     summary = run.read_summary() or {}
     for k, v in (summary.get("final") or {}).items():
@@ -119,10 +119,10 @@ def run_record(d: Path) -> dict[str, Any]:
 
 
 def collect(root: str | Path):
-    """A pandas DataFrame with one row per run folder under ``root`` (see :func:`run_record`)."""
+    """A pandas DataFrame with one row per run folder under ``root`` (see :func:`run_row`)."""
     import pandas as pd
 
-    rows = [run_record(d) for d in list_runs(root)]
+    rows = [run_row(d) for d in list_runs(root)]
     return pd.DataFrame(rows)
 
 
@@ -144,5 +144,5 @@ def format_table(df, columns: tuple[str, ...] = STATUS_COLUMNS) -> str:
     return view.to_string(index=False) + f"\n{len(df)} runs: {summary}"
 
 
-__all__ = ["collect", "default_root", "format_table", "grid_lock", "list_runs", "prepare_run", "run_record",
+__all__ = ["collect", "default_root", "format_table", "grid_lock", "list_runs", "prepare_run", "run_row",
            "tail_jsonl"]

@@ -1,24 +1,19 @@
-"""`canbench report` / `canbench check` handlers called with parsed arguments."""
+"""`canbench report` / `canbench check` through the entry point."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from canbench.cli.report import add_check_parser, add_report_parser
+from canbench.cli import main
 from canbench.io import read_json, write_json
 from canbench.reports.synthetic import write_run
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser(prog="canbench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_report_parser(sub)
-    add_check_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Through the entry point: bad input is ``canbench: error: ...`` and exit 2."""
+    return main(argv)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ For CAN, SimCLR and MAE pretrained with the probe preset (``canbench pretrain <m
 model, 256 steps, CAN's l_nce 0.3; ``--preset smoke`` for the 48-step demo recipe; runs
 are reused from ``--runs-dir`` when their checkpoint exists, else pretrained there) and a randomly
 initialised encoder (the same ViT, the engine's initialisation, step 0), this runs the evaluation suites
-through :func:`canbench.evaluation.suites.run_suites` and reports:
+through :func:`canbench.evaluation.runner.run_suites` and reports:
 
 - linear probe top-1 (smoke profile: cached features, BN + linear head, LARS) and kNN top-1
   (k = 20, T = 0.07) on built-in train -> test;
@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 
-from canbench.io import write_yaml
+from canbench.config import SUITES
+from canbench.flags import add_device_flag, add_preset_flag
+from canbench.methods import METHODS
+from canbench.rundir import RunDir
 from canbench.train.recipe import build_config
 
-METHODS = ("can", "simclr", "mae")
-SUITES = ["knn", "linear", "fewshot", "finetune", "shift"]
 SHIFTED = ("builtin_noise_blur", "builtin_rendition", "builtin_new_background", "builtin_occlusion")
 EVAL_OVERRIDES = ["fewshot.datasets=[builtin_heldout]", "fewshot.shots=[5,10]"]
 log = logging.getLogger("bench_eval_builtin")
@@ -47,10 +48,8 @@ COMPARED = ("model", "method", "data", "optim")  # config sections a reused run 
 
 def config_diff(run: Path, method: str, preset: str, overrides: list[str]) -> dict[str, tuple[Any, Any]]:
     """Keys of the model / method / data / optim sections where the run's config.yaml differs from the request."""
-    from canbench.io import read_yaml
-
     want = build_config(method, preset, overrides).to_dict()
-    have = read_yaml(run / "config.yaml")
+    have = RunDir(run).read_config() or {}
     diff = {}
     for sec in COMPARED:
         for k in set(want[sec]) | set(have.get(sec, {})):
@@ -66,7 +65,7 @@ def pretrained_run(runs_dir: Path, method: str, preset: str, overrides: list[str
     from canbench.train.trainer import pretrain
 
     run = runs_dir / method
-    if (run / "checkpoints" / "last.pt").is_file() and (run / "summary.json").is_file():
+    if RunDir(run).has_checkpoint() and RunDir(run).summary_path.is_file():
         diff = config_diff(run, method, preset, overrides)
         if diff and not reuse_any:
             raise SystemExit(f"{run} was pretrained with other settings than --preset {preset} "
@@ -85,20 +84,20 @@ def random_run(runs_dir: Path, preset: str, overrides: list[str], method: str = 
     """A run folder whose checkpoint holds a freshly initialised encoder (step 0) of the preset's shape."""
     from canbench.io import torch_save_atomic
     from canbench.methods.backbone import build_encoder
-    from canbench.train.checkpoint import checkpoint_path
+    from canbench.train.checkpoint import ENCODER_PREFIX
 
-    run = runs_dir / "random"
-    if checkpoint_path(run).is_file():
-        return run
+    run = RunDir(runs_dir / "random")
+    if run.has_checkpoint():
+        return run.path
     cfg = build_config(method, preset, overrides)
     torch.manual_seed(cfg.train.seed)  # the engine seeds the same way before building the model
     enc = build_encoder(cfg.model)
     cfg.extra.random_init = True
     state = {"format_version": 1, "config": cfg.to_dict(), "step": 0,
-             "model": {f"encoder.{k}": v for k, v in enc.state_dict().items()}}
-    torch_save_atomic(state, checkpoint_path(run))
-    write_yaml(run / "config.yaml", cfg.to_dict())
-    return run
+             "model": {f"{ENCODER_PREFIX}{k}": v for k, v in enc.state_dict().items()}}
+    torch_save_atomic(state, run.last_checkpoint)
+    run.write_config(cfg.to_dict())
+    return run.path
 
 
 def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -140,8 +139,8 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", default="runs/bench-eval-builtin", help="folder of the run folders")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--preset", default="probe", help="pretraining preset (default probe: 256 steps, see its YAML)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    add_preset_flag(p, "probe", help="pretraining preset (default probe: 256 steps, see its YAML)")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                    help="pretraining override (repeatable), e.g. optim.epochs=16")
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
@@ -149,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-random", action="store_true", help="skip the random-init baseline")
     p.add_argument("--reuse-any", action="store_true", help="reuse run folders even if pretrained with other settings")
     p.add_argument("--force", action="store_true", help="recompute stored evaluation results")
-    p.add_argument("--device", default=None)
+    add_device_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from canbench.benchmarks.perf.hardware import describe_hardware, hardware_line
-    from canbench.evaluation.suites import run_suites
+    from canbench.evaluation.runner import run_suites
 
     runs_dir = Path(args.runs_dir)
     encoders: dict[str, Path] = {}
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, timings = {}, {}
     for name, run in encoders.items():
         t0 = time.time()
-        res = run_suites(run, SUITES, overrides=EVAL_OVERRIDES + args.eval_set, force=args.force,
+        res = run_suites(run, list(SUITES), overrides=EVAL_OVERRIDES + args.eval_set, force=args.force,
                          device=args.device)
         timings[name] = {"eval_s": round(time.time() - t0, 1),
                          "suite_s": {s: r["metrics"].get("elapsed_s") for s, r in res.items()}}

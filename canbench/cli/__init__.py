@@ -1,6 +1,6 @@
 """The one command-line entry point: ``canbench <command>`` (also ``python -m canbench``).
 
-Every sub-command lives in a module of this package and declares its flags through :mod:`.flags`;
+Every sub-command lives in a module of this package and declares its flags through :mod:`canbench.flags`;
 nothing outside ``canbench.cli`` imports it (it is the top of the import graph, docs/architecture.md).
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from canbench.cli import demo, evaluate, grid, perf, pretrain, report
 from canbench.config import ConfigError
+from canbench.flags import error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"canbench: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"canbench: error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, FileNotFoundError) as exc:  # bad input named by the message: usage error, exit 2
+        return error(str(exc))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from canbench.flags import add_executor_flag
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -157,7 +159,7 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--out", default=DEFAULT_PDF, help="the PDF report")
     p.add_argument("--baseline", default=DEFAULT_BASELINE, help="baseline CSV for `canbench check`")
     p.add_argument("--write-baseline", action="store_true", help="(re)write the baseline from these results")
-    p.add_argument("--executor", default="local", choices=("local", "debug", "slurm"))
+    add_executor_flag(p, "local")
     p.set_defaults(func=lambda a: run_demo(a.root, a.out, a.baseline, a.write_baseline, a.executor))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from canbench.config import SUITES
 from canbench.evaluation.recipes import PROFILES
+from canbench.flags import add_device_flag, add_preset_flag, add_set_flag
 
 EPILOG = """settings (--set SECTION.KEY=VALUE, repeatable; values are YAML, e.g. [1,5,10,25]):
   data.dataset|root|val_root|train_size|test_size     linear / kNN / finetune data (default: the run's)
@@ -50,12 +51,11 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="results folder: DIR/eval/<suite>.json (default: the run folder; required for public "
                         "checkpoints)")
-    p.add_argument("--preset", default=None, help=f"evaluation profile ({', '.join(PROFILES)}), pretraining "
+    add_preset_flag(p, None, help=f"evaluation profile ({', '.join(PROFILES)}), pretraining "
                                                   "preset, or eval YAML file (default: from the run config)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="evaluation setting, e.g. --set linear.epochs=90 (repeatable)")
+    add_set_flag(p, help="evaluation setting, e.g. --set linear.epochs=90 (repeatable)")
     p.add_argument("--force", action="store_true", help="recompute suites that already have an up-to-date result")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    add_device_flag(p)
     p.add_argument("--json", action="store_true", help="print the result records as JSON instead of a table")
     p.set_defaults(func=_cmd_evaluate)
     return p

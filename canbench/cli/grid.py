@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from canbench.slurm.grid import SCALES, load_spec
+from canbench.config import SCALES
+from canbench.flags import add_executor_flag, add_set_flag
+from canbench.slurm.spec import load_spec
 
 
 def resolve_spec_path(spec: str) -> Path:
@@ -24,6 +26,10 @@ def resolve_spec_path(spec: str) -> Path:
     raise FileNotFoundError(f"grid spec {spec!r} is neither a file nor a packaged spec ({', '.join(names)})")
 
 
+SET_HELP = ("config override for every run (optim.max_steps=6) or resource (slurm.partition=gpu, slurm.account=..., "
+            "slurm.timeout_min=..., slurm.tasks_per_node=...); repeatable")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="grid YAML (benchmarks/grids/paper/fig6_masking_rate.yaml) or a packaged spec name")
     p.add_argument("--scale", default="smoke", choices=SCALES, help="scale profile of the spec (default: smoke)")
@@ -39,16 +45,11 @@ def _root(args: argparse.Namespace, spec) -> Path:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from canbench.slurm.control import submit_grid
-    from canbench.slurm.executors import ExecutorError
     from canbench.slurm.runstore import format_table
 
     spec = load_spec(resolve_spec_path(args.spec))
-    try:
-        report = submit_grid(spec, scale=args.scale, executor=args.executor, root=args.root,
-                             overrides=args.overrides, retry_failed=args.retry_failed, wait=args.wait)
-    except ExecutorError as exc:
-        print(f"canbench: error: {exc}", file=sys.stderr)
-        return 2
+    report = submit_grid(spec, scale=args.scale, executor=args.executor, root=args.root,
+                         overrides=args.overrides, retry_failed=args.retry_failed, wait=args.wait)
     print(report.summary())
     if args.wait or args.executor == "debug":
         from canbench.slurm.control import status_grid
@@ -111,11 +112,8 @@ def add_grid_parser(subparsers) -> None:
 
     p = sub.add_parser("submit", help="submit every run that is not done or running (idempotent)")
     _common(p)
-    p.add_argument("--executor", default="slurm", choices=("slurm", "local", "debug"),
-                   help="slurm (job array), local (this machine, no SLURM) or debug (in this process)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run (optim.max_steps=6) or resource (slurm.partition=gpu, "
-                        "slurm.account=..., slurm.timeout_min=..., slurm.tasks_per_node=...); repeatable")
+    add_executor_flag(p, "slurm")
+    add_set_flag(p, help=SET_HELP)
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed runs (from their checkpoint)")
     p.add_argument("--wait", action="store_true", help="block until every run has finished, then print the table")
     p.set_defaults(func=_cmd_submit)
@@ -133,8 +131,8 @@ def add_grid_parser(subparsers) -> None:
 
     p = sub.add_parser("plan", help="expand and validate the grid; list its runs without submitting")
     _common(p)
-    p.add_argument("--executor", default="slurm", choices=("slurm", "local", "debug"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_executor_flag(p, "slurm")
+    add_set_flag(p, help=SET_HELP)
     p.set_defaults(func=_cmd_plan)
 
 

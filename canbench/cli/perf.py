@@ -1,6 +1,6 @@
 """``canbench flops`` and ``canbench throughput``: sub-commands registered by canbench.cli.
 
-Both reuse :func:`canbench.cli.flags.add_config_args` (``--preset`` / ``--set``) and build one config per
+Both reuse :func:`canbench.flags.add_config_args` (``--preset`` / ``--set``) and build one config per
 method with :func:`canbench.train.recipe.build_config`; ``--arch`` is a shorthand for ``--set model.arch=``.
 """
 
@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from canbench.config import ConfigError
+from canbench.flags import add_config_args, add_device_flag
 
 log = logging.getLogger("canbench.benchmarks")
 
@@ -56,8 +57,6 @@ def method_configs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from canbench.cli.flags import add_config_args
-
     p.add_argument("--arch", default=None, help="model.arch shorthand (vit_micro, vit_tiny, vit_small, vit_base, "
                                                  "vit_large); default: the preset's")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered method)")
@@ -139,7 +138,7 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                     "data pipeline.")
     _common(p)
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 128 on GPU, 64 on CPU)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_flag(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the method (warm-up covers compilation)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")

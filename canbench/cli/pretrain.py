@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from canbench.cli.flags import add_config_args
 from canbench.config import ConfigError
+from canbench.flags import add_config_args
 from canbench.rundir import RunDir
 
 

@@ -1,6 +1,7 @@
-"""``canbench report`` and ``canbench check`` sub-commands (registered by canbench/cli.py).
+"""``canbench report`` and ``canbench check``.
 
-Handlers take the parsed ``argparse.Namespace`` and return the process exit code.
+Handlers take the parsed ``argparse.Namespace`` and return the process exit code; bad input raises
+:class:`~canbench.config.ConfigError` (``canbench: error: ...``, exit 2).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from canbench.config import ConfigError
+from canbench.flags import error
 from canbench.io import write_text
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,13 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
+def _runs_dir(path: str) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"results folder {root} does not exist")
+    return root
+
+
 def _results(runs_dir: str, benchmark: str | None):
     from canbench.reports.collect import collect
 
@@ -69,17 +79,13 @@ def _results(runs_dir: str, benchmark: str | None):
 
 def report_command(args: argparse.Namespace) -> int:
     """Handler of ``canbench report``; returns 0, or 2 when RUNS_DIR is not a folder."""
-    root = Path(args.runs_dir)
-    if not root.is_dir():
-        print(f"canbench report: results folder {root} does not exist", file=sys.stderr)
-        return 2
+    root = _runs_dir(args.runs_dir)
     flops_table = None
     if args.flops_table:
         import pandas as pd
 
         if not Path(args.flops_table).is_file():
-            print(f"canbench report: FLOPs table {args.flops_table} does not exist", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--flops-table {args.flops_table} does not exist")
         flops_table = pd.read_csv(args.flops_table)
     check_result = None
     if args.against:
@@ -121,13 +127,9 @@ def check_command(args: argparse.Namespace) -> int:
     """Handler of ``canbench check``: 0 all pass, 1 any regression, 2 nothing comparable (or bad input)."""
     from canbench.reports.check import EXIT_NOTHING_COMPARABLE, BaselineError, check, write_baseline
 
-    root = Path(args.runs_dir)
-    if not root.is_dir():
-        print(f"canbench check: results folder {root} does not exist", file=sys.stderr)
-        return EXIT_NOTHING_COMPARABLE
+    _runs_dir(args.runs_dir)
     if not args.against and not args.write_baseline:
-        print("canbench check: give --against paper|BASELINE.csv and/or --write-baseline PATH", file=sys.stderr)
-        return EXIT_NOTHING_COMPARABLE
+        raise ConfigError("check: give --against paper|BASELINE.csv and/or --write-baseline PATH")
     results = _results(args.runs_dir, args.benchmark)
     try:
         if args.write_baseline:
@@ -138,28 +140,11 @@ def check_command(args: argparse.Namespace) -> int:
                 return 0
         result = check(results, args.against, k=args.k, abs_tol=args.abs_tol)
     except BaselineError as e:
-        if args.json:
+        if args.json:  # CI reads stdout: the error as JSON there too
             print(json.dumps({"exit_code": EXIT_NOTHING_COMPARABLE, "error": str(e)}))
-        else:
-            print(f"canbench check: {e}", file=sys.stderr)
-        return EXIT_NOTHING_COMPARABLE
+        return error(str(e))
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:
         print(result.message)
     return result.exit_code
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m canbench.cli.report report ...``) until canbench/cli.py wires these in."""
-    parser = argparse.ArgumentParser(prog="canbench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_report_parser(sub)
-    add_check_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
