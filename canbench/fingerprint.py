@@ -1,4 +1,4 @@
-"""Protocol fingerprints (PROTOCOLS.md §5): every result records how it was produced.
+"""Protocol fingerprints (docs/reports.md): every result records how it was produced.
 
 Two results are compared only when their fingerprints agree on the fields that matter for the
 comparison; :func:`mismatches` says which fields differ so tables and checks can say why not.

@@ -1,6 +1,6 @@
 """SimCLR / MAE view augmentation with explicit randomness, split into a geometric and a photometric part.
 
-Protocol (PROTOCOLS.md §2, Chen et al. 2020): RandomResizedCrop scale (0.08, 1), ratio (3/4, 4/3);
+Protocol (docs/protocols.md §2.4, Chen et al. 2020): RandomResizedCrop scale (0.08, 1), ratio (3/4, 4/3);
 horizontal flip p 0.5; colour jitter strength s -> (0.8s, 0.8s, 0.8s, 0.2s) in a random order, p 0.8;
 grayscale p 0.2; Gaussian blur (kernel 10% of the side, sigma U[0.1, 2]) p 0.5; independently per view.
 ``kind='mae'``: RandomResizedCrop(scale (0.2, 1), bicubic) + flip only.

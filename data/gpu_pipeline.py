@@ -1,6 +1,6 @@
 """JPEG fast path: workers ship JPEG bytes and view parameters; decode and augmentation run on the device.
 
-A plain PIL SimCLR pipeline delivers ~14 two-view img/s per CPU worker (ANCHORS.md), ~10x less than
+A plain PIL SimCLR pipeline delivers ~14 two-view img/s per CPU worker (BENCHMARKS.md reference), ~10x less than
 an H100 consumes; the reference loader (:mod:`.loader`) already runs the photometric ops on the
 device but still decodes, crops and resizes every image in a CPU worker. Here:
 

@@ -1,4 +1,4 @@
-"""Few-shot linear evaluation on frozen features (PROTOCOLS.md §3 "Few-shot").
+"""Few-shot linear evaluation on frozen features (docs/protocols.md §3.3).
 
 Default: closed-form regularised least squares, as big_vision ``evaluators/fewshot_lsr.py``:
 standardise with the few-shot subset's mean / std (+1e-5), append a constant feature 100 as bias,

@@ -1,6 +1,6 @@
 """Evaluation results on disk: ``<run_dir>/eval/<suite>.json``, written atomically, with fingerprints.
 
-A result records the metrics, the protocol fingerprint (PROTOCOLS.md §5) and the checkpoint it was
+A result records the metrics, the protocol fingerprint (docs/reports.md) and the checkpoint it was
 computed from. :func:`is_done` lets ``canbench evaluate`` skip suites already finished with the same
 protocol (and the same checkpoint, when given); a result whose fingerprint differs is not done.
 """
@@ -37,7 +37,7 @@ def suite_fingerprint_fields(*, pooling: str, head_bn: bool | None, mean: Sequen
                              metric: str, class_subset_rule: str, seeds: Sequence[int] | None,
                              sampler_padding: str = "none", dataset: str | Sequence[str] | None = None,
                              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The protocol fields of PROTOCOLS.md §5 (environment fields are added by :func:`make_fingerprint`).
+    """The protocol fields every suite records (environment fields are added by :func:`make_fingerprint`).
 
     ``dataset``: the evaluated data set's name (a list for suites over several sets, e.g. few-shot or
     shift); None when the caller does not know it. Reports compare cells only on equal datasets.

@@ -1,4 +1,4 @@
-"""Distribution-shift evaluation of a finetuned classifier (paper Sec. 4.4, PROTOCOLS.md §3).
+"""Distribution-shift evaluation of a finetuned classifier (paper Sec. 4.4, docs/protocols.md §3.4).
 
 Every set, on-disk or built-in, goes through the same path: (pre-transform) -> eval transform
 (Resize(S / crop_pct, bicubic) + CenterCrop(S) + normalise) -> classifier logits -> the set's

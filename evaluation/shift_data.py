@@ -1,4 +1,4 @@
-"""Distribution-shift test sets in their real on-disk formats (PROTOCOLS.md §3 "Distribution shift").
+"""Distribution-shift test sets in their real on-disk formats (docs/protocols.md §3.4).
 
 A shift set = an ``(image, target)`` dataset + a label-space rule (:mod:`.label_space`) + an optional
 pre-transform applied before the shared eval transform. Builders (registry :data:`SHIFT_SETS`):

@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from torchvision.transforms.functional import to_pil_image
 
-DEFAULT_CROP_PCT = 224 / 256  # Resize(256) + CenterCrop(224) at S = 224 (MAE / PROTOCOLS.md §3)
+DEFAULT_CROP_PCT = 224 / 256  # Resize(256) + CenterCrop(224) at S = 224 (MAE; docs/protocols.md §3)
 
 
 def resize_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:

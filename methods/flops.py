@@ -14,7 +14,7 @@ How it is counted (see docs/efficiency.md):
   tensors: fvcore cannot trace meta tensors); the two agree within 0.14% at ViT-B/16 and ViT-L/16
   and within 0.6% at vit_micro (fvcore also counts norm layers).
 
-Traps handled here (ANCHORS.md, docs/efficiency.md): with timm's fused attention fvcore silently skips
+Traps handled here (docs/efficiency.md): with timm's fused attention fvcore silently skips
 ``aten::scaled_dot_product_attention`` and FlopCounterMode counts 0 for the CPU flash kernel
 ``_scaled_dot_product_flash_attention_for_cpu``. While counting, every timm ``Attention`` module is
 switched to its explicit ``q @ k^T`` / ``attn @ v`` path (:func:`unfused_attention`), which both

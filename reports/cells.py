@@ -46,8 +46,6 @@ FIXED_SETTING = {  # benchmark -> (arch, pretrain_data, epochs) of the paper's e
 }
 TABLE_DATA = {"table2": "jft300m", "table3": "in1k"}
 SUITE_PROTOCOL = {"pretrain": "train_loss"}
-TRAIN_METRICS = loss_term_names()  # each method's loss term -> the name tables use (infonce -> contrastive_loss)
-LOWER_IS_BETTER = ("loss", *sorted(set(TRAIN_METRICS.values())))
 
 # Per-run or bookkeeping fields that never decide comparability (beyond canbench's INFORMATIONAL).
 PER_RUN_FIELDS = frozenset({"seed", "created", "run_id", "run_dir", "checkpoint", "path", "sha256", "host",
@@ -55,14 +53,19 @@ PER_RUN_FIELDS = frozenset({"seed", "created", "run_id", "run_dir", "checkpoint"
 
 PAPER_PRETRAIN = {"pretrain.img_size": 224, "pretrain.patch_size": 16, "pretrain.batch_size": 4096,
                   "pretrain.max_steps": None, "pretrain.pool": "avg"}
-PAPER_MASK_RATIO = {name: cls.defaults["mask_ratio"] for name, cls in METHODS.items()}  # each method's default
-PAPER_EVAL = {  # PROTOCOLS.md §3 (paper Tables 10-11); max_steps None: no step cap
+PAPER_EVAL = {  # docs/protocols.md §3 (paper Tables 10-11); max_steps None: no step cap
     "linear": {"eval.pooling": "avg", "eval.head_bn": True, "eval.epochs": 100, "eval.metric": "last_epoch",
                "eval.mode": "augmented", "eval.dataset": "in1k", "eval.img_size": 224, "eval.max_steps": None},
     "finetune": {"eval.pooling": "avg+fc_norm", "eval.epochs": 100, "eval.metric": "last_epoch",
                  "eval.dataset": "in1k", "eval.img_size": 224, "eval.max_steps": None},
     "train_loss": {},
 }
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses are better lower: ``loss``, every registered method's loss-term names, and anything named ``*loss*``."""
+    return metric == "loss" or "loss" in metric or metric in loss_term_names() \
+        or metric in set(loss_term_names().values())
 
 
 def fmt_key(x: Any) -> str:
@@ -118,7 +121,7 @@ def cell_key(row: dict) -> dict[str, str]:
     protocol = SUITE_PROTOCOL.get(suite, suite)
     metric = row.get("metric") or ""
     if protocol == "train_loss":
-        metric = TRAIN_METRICS.get(metric, metric)
+        metric = loss_term_names().get(metric, metric)
     if bench in FIXED_SETTING:
         arch, data, epochs = FIXED_SETTING[bench]
     elif bench in TABLE_DATA:
@@ -158,7 +161,7 @@ def to_cells(results: pd.DataFrame) -> pd.DataFrame:
         rows.append({**key, "value": rec["value"], "seed": rec.get("seed"), "run_id": rec.get("run_id"),
                      "run_dir": rec.get("run_dir"), "fp": fp, "fp_sig": json.dumps(fp, sort_keys=True),
                      "code_version": rec.get("code_version"),
-                     "higher_is_better": key["metric"] not in LOWER_IS_BETTER})
+                     "higher_is_better": not lower_is_better(key["metric"])})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -188,8 +191,8 @@ def paper_protocol(key: dict[str, str]) -> dict[str, Any]:
         fp["pretrain.epoch_unit"] = "imagenet"
     if key["table"] == "table4":
         fp["pretrain.mask_ratio"] = 0.5  # "All methods use 50% masking for fair comparison"
-    elif key["table"] in ("table2", "table3", "fig1") and key["method"] in PAPER_MASK_RATIO:
-        fp["pretrain.mask_ratio"] = PAPER_MASK_RATIO[key["method"]]
+    elif key["table"] in ("table2", "table3", "fig1") and key["method"] in METHODS:
+        fp["pretrain.mask_ratio"] = METHODS[key["method"]].defaults["mask_ratio"]  # the method's own default
     fp.update(PAPER_EVAL.get(key["protocol"], {}))
     return fp
 

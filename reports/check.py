@@ -24,11 +24,10 @@ from canbench.fingerprint import code_version
 from canbench.io import atomic_path
 from canbench.reports.cells import (
     CELL_KEYS,
-    LOWER_IS_BETTER,
-    TRAIN_METRICS,
     aggregate,
     best_group,
     describe_mismatches,
+    lower_is_better,
     paper_protocol,
     to_cells,
 )
@@ -112,7 +111,7 @@ def tolerance(metric: str, expected: float, stds: list[float], k: float, abs_tol
     """(tolerance, rule text, widened?) for one cell; stds are the seed stds available (NaN = none)."""
     if abs_tol is not None:
         base, rule = abs_tol, f"abs {abs_tol:g} (--abs-tol)"
-    elif metric in LOWER_IS_BETTER or "loss" in metric or metric in TRAIN_METRICS:
+    elif lower_is_better(metric):
         base, rule = REL_DEFAULT * abs(expected), f"rel {REL_DEFAULT:.0%} of expected (loss default)"
     else:
         base, rule = ABS_DEFAULT, f"abs {ABS_DEFAULT:g} point (accuracy default)"

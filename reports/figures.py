@@ -17,10 +17,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from canbench.methods import METHODS  # noqa: E402
-from canbench.reports.tables import ARCH_LABELS, METHOD_LABELS  # noqa: E402
+from canbench.reports.tables import ARCH_LABELS, method_label  # noqa: E402
 
-METHOD_ORDER = tuple(METHODS)  # the registry's order
-METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}  # matplotlib's cycle: can blue, simclr orange, ...
 NOT_RUN = "not run at this scale"
 CAN_DEFAULTS = {k: METHODS["can"].defaults[k] for k in ("l_nce", "sigma_max", "lam")}
 PAGE = (8.27, 5.2)  # A4 width; two figures fit one page
@@ -37,16 +35,17 @@ def not_run_figure(title: str, detail: str = "") -> Figure:
 
 
 def _color(method: str) -> str:
-    return METHOD_COLORS.get(method, "tab:gray")
+    order = list(METHODS)  # the registry's order picks matplotlib's cycle: can C0 (blue), simclr C1 (orange), ...
+    return f"C{order.index(method) % 10}" if method in order else "tab:gray"
 
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return method_label(method)
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(df["method"]))
-    return [m for m in METHOD_ORDER if m in present] + sorted(m for m in present if m not in METHOD_ORDER)
+    return [m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS)
 
 
 def _select(results: pd.DataFrame, suite: str, metric: str = "top1") -> pd.DataFrame:
@@ -300,7 +299,7 @@ def efficiency_table(pretrain: pd.DataFrame) -> pd.DataFrame:
         "train GFLOP/img": g["flops_train"].mean() / 1e9, "img/s": g["img_per_s"].mean(),
         "GPU-hours": g["hours"].mean(), "peak mem GiB": g["peak_mem_bytes"].mean() / 2**30,
     }).reset_index()
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = {m: i for i, m in enumerate(METHODS)}
     out = out.sort_values(["arch", "method"], key=lambda s: s.map(order).fillna(99) if s.name == "method" else s)
     return out[EFFICIENCY_COLUMNS].reset_index(drop=True)
 

@@ -48,7 +48,10 @@ SHAPES: dict[str, tuple[list[str], list[tuple[str, dict[str, str]]]]] = {
                             ("Reconstruction loss", {"protocol": "train_loss", "metric": "reconstruction_loss"})]),
     "table5": (["variant"], [("ImageNet top-1", {"protocol": "linear", "metric": "top1"})]),
 }
-METHOD_LABELS = {name: cls.label for name, cls in METHODS.items()}  # how each registered method prints
+def method_label(method: str) -> str:
+    """How a method prints: its class's ``label`` when registered (SimCLR†), else the name as given."""
+    cls = METHODS.get(method)
+    return cls.label if cls is not None else method
 ARCH_LABELS = {"vit_base": "ViT-B", "vit_large": "ViT-L", "vit_small": "ViT-S", "vit_tiny": "ViT-Ti",
                "vit_micro": "ViT-micro", "resnet50": "R50", "resnet200x2": "R200x2", "swin_t": "Swin-T"}
 LONG_COLUMNS = [*CELL_KEYS[:1], "row", "column", *CELL_KEYS[1:], "paper", "mean", "std", "n", "diff", "status",
@@ -96,7 +99,7 @@ def row_label(key: dict[str, str], fields: list[str]) -> str:
     for f in fields:
         v = key.get(f, "")
         if f == "method":
-            parts.append(v[len("prior:"):].replace("_", " ") if v.startswith("prior:") else METHOD_LABELS.get(v, v))
+            parts.append(v[len("prior:"):].replace("_", " ") if v.startswith("prior:") else method_label(v))
         elif f == "arch":
             parts.append(ARCH_LABELS.get(v, v))
         elif f == "epochs":
@@ -225,7 +228,7 @@ def results_view(agg: pd.DataFrame, benchmark: str) -> TableView:
                                                         r["dataset"], float(r["shots"] or 0)))
     rows = []
     for rec in recs:
-        rows.append([METHOD_LABELS.get(rec["method"], rec["method"]), ARCH_LABELS.get(rec["arch"], rec["arch"]),
+        rows.append([method_label(rec["method"]), ARCH_LABELS.get(rec["arch"], rec["arch"]),
                      rec["pretrain_data"], rec["epochs"], rec["protocol"], rec["metric"], rec["variant"],
                      rec["dataset"], rec["shots"], fmt_mean_std(rec["mean"], rec["std"], rec["n"], rec["metric"])])
     title = f"Results of benchmark '{benchmark}' (mean ± std over seeds)"

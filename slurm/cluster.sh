@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster on localhost (munge, MariaDB + slurmdbd, slurmctld, slurmd) for
-# canbench's `pytest -m slurm` tests. Follows shared/docs/SLURM-LOCAL.md. Run as root.
+# canbench's `pytest -m slurm` tests (docs/grid.md). Run as root.
 #
 #   slurm/cluster.sh up       # tear down any previous one, install missing packages, start, wait until idle
 #   slurm/cluster.sh down     # cancel jobs, stop the daemons (by pid file), remove the state folder

@@ -1,4 +1,4 @@
-"""FLOP counting: paper ratios, ANCHORS.md figures, attention trap, fvcore cross-check, CLI."""
+"""FLOP counting: paper ratios, the reference figures (BENCHMARKS.md), attention trap, fvcore cross-check, CLI."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from canbench.methods.flops import (
 )
 from canbench.train.recipe import build_config
 
-# ANCHORS.md: fvcore forward GMAC per image, fused attention off
+# reference figures (BENCHMARKS.md): fvcore forward GMAC per image, fused attention off
 ANCHOR_GMAC = {
     "vit_b_in1k": {"simclr": 35.02, "can": 28.04, "mae": 9.68},
     "vit_l_in1k": {"simclr": 122.60, "can": 71.30, "mae": 20.44},
@@ -46,7 +46,7 @@ def test_paper_ratio_simclr_over_can(paper_counts, preset, expected):
 
 @pytest.mark.parametrize("preset", list(ANCHOR_GMAC))
 def test_forward_gmac_matches_anchors(paper_counts, preset):
-    # FlopCounterMode counts GEMMs/convs only; fvcore (ANCHORS) also counts norms: < 0.3% apart
+    # FlopCounterMode counts GEMMs/convs only; fvcore (the reference) also counts norms: < 0.3% apart
     for method, gmac in ANCHOR_GMAC[preset].items():
         ours = paper_counts[preset][method]["forward"] / 2e9
         assert ours == pytest.approx(gmac, rel=3e-3), (method, ours, gmac)

@@ -1,7 +1,7 @@
 """What the numbers were measured on: CPU model and cores, GPU name, library versions, matmul peak.
 
 The MFU denominator is **measured** on the card at hand (:func:`measure_matmul_peak`, an 8192^3
-bf16 matmul, ANCHORS.md: 786 TFLOP/s on an H100 80GB HBM3), not read from a datasheet.
+bf16 matmul: 786-793 TFLOP/s on an H100 80GB HBM3, BENCHMARKS.md), not read from a datasheet.
 """
 
 from __future__ import annotations
