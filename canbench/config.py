@@ -508,9 +508,9 @@ class Derived:
 
 
 def derived(cfg: Config, dataset_len: int, world_size: int = 1) -> Derived:
-    """Effective batch, absolute learning rates (:func:`scaled_lr`), the step schedule and the crop range."""
+    """Effective batch, absolute learning rates (:func:`scaled_lr`), the step schedule and the crop range
+    (``cfg`` is already validated for ``world_size``: :func:`canbench.train.recipe.validate`)."""
     o = cfg.optim
-    cfg.validate(world_size=world_size)
     per_rank = o.batch_size // world_size
     unit = IMAGENET_TRAIN_SIZE if o.epoch_unit == "imagenet" else dataset_len
     steps_per_epoch = max(1, unit // o.batch_size)

@@ -24,7 +24,7 @@ from typing import Any
 
 from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict
 from canbench.methods import METHODS
-from canbench.train.recipe import PRESET_DIR, build_config, validate
+from canbench.train.recipe import PRESET_DIR, build_config
 
 from .spec import (  # noqa: F401 - spec names are re-exported: canbench.slurm.grid is the entry point
     BENCHMARKS,
@@ -181,9 +181,9 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                     deep_merge(upd, cli)
                     deep_merge(upd, nest({k: v for k, v in actual.items() if k not in SPECIAL_AXES}))
                     deep_merge(upd, {"train": {"seed": seed}})
-                    cfg = build_config(method, _preset_file(preset), upd, validate_paths=check_paths)
+                    cfg = build_config(method, _preset_file(preset), upd, validate_paths=check_paths,
+                                       world_size=world_size)
                     cfg.extra.preset = preset
-                    validate(cfg, world_size=world_size, check_paths=check_paths)
                 except ConfigError as exc:
                     raise GridError(f"grid {spec.name!r}, scale {scale!r}, run {name!r}: {exc}") from None
                 key = run_id_of(cfg.to_dict())

@@ -70,8 +70,9 @@ def list_presets() -> dict[str, dict[str, Any]]:
 
 
 def build_config(method: str, preset: str | None = None, overrides: list[str] | dict | None = None,
-                 validate_paths: bool = True) -> Config:
-    """Schema defaults <- preset (common part, then its per-method part) <- overrides <- method defaults; validated."""
+                 validate_paths: bool = True, world_size: int = 1) -> Config:
+    """Schema defaults <- preset (common part, then its per-method part) <- overrides <- method defaults; validated
+    once, for ``world_size`` ranks."""
     method_class(method)
     cfg = Config()
     cfg.method.name = method
@@ -94,7 +95,7 @@ def build_config(method: str, preset: str | None = None, overrides: list[str] | 
     resolve_defaults(cfg)
     if cfg.data.dataset == "builtin" and cfg.data.builtin_version is None:
         cfg.data.builtin_version = BUILTIN_VERSION  # recorded, so runs on another version are never mixed
-    validate(cfg, check_paths=validate_paths)
+    validate(cfg, world_size=world_size, check_paths=validate_paths)
     return cfg
 
 
