@@ -321,6 +321,8 @@ DATASETS: dict[str, DatasetSpec] = {
     **{f"builtin_{v}": _builtin(variant=v) for v in VARIANTS if v != "clean"},
     "digits": DatasetSpec(_digits, {"train": "train", "test": "test"}, needs_root=False),
     "imagefolder": DatasetSpec(_imagefolder, {}, layout=IMAGEFOLDER_LAYOUT),
+    # JFT-300M is private: an ImageFolder tree the user declares to be JFT (data/identity.py)
+    "jft": DatasetSpec(_imagefolder, {}, layout=IMAGEFOLDER_LAYOUT + "\n  (your copy of JFT-300M: declared)"),
     "cifar10": DatasetSpec(
         _cifar("cifar10"), {"train": "train", "test": "test"},
         layout="  <root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}  (python pickle batches)",
@@ -378,7 +380,7 @@ def check_dataset_layout(name: str, root: str | os.PathLike | None, split: str =
     if spec.needs_root:
         path = _root(name, spec, root)
         _check_required(name, path, spec, spec.splits.get(split, split), kw)
-        if name == "imagefolder":
+        if name in ("imagefolder", "jft"):
             resolve_imagefolder_root(path, split, name)
 
 

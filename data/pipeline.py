@@ -25,7 +25,7 @@ from .datasets import build_dataset
 from .gpu_pipeline import build_jpeg_pretrain_loader, imagefolder_files, prefetch_to_device
 from .loader import IMAGENET_MEAN, IMAGENET_STD, build_pretrain_loader, to_model_input
 
-JPEG_SETS = ("imagefolder", "imagenet")  # data sets the device JPEG path reads (ImageFolder trees of JPEGs)
+JPEG_SETS = ("imagefolder", "imagenet", "jft")  # data sets the device JPEG path reads (ImageFolder trees of JPEGs)
 
 
 def view_aug(cfg: Config) -> ViewAugConfig:

@@ -20,6 +20,7 @@ import torch
 
 from canbench.config import ConfigError, ModelConfig, yaml_numbers
 from canbench.evaluation import recipes as RC
+from canbench.evaluation.presets import resolve_preset
 from canbench.evaluation.source import Source, finetuned_meta
 from canbench.evaluation.splits import DataSpec, family
 from canbench.rundir import RunDir
@@ -89,7 +90,7 @@ def build_context(source: Source, out: str | Path, *, scale: str | None = None, 
                   overrides: list[str] | dict[str, Any] | None = None,
                   device: str | torch.device | None = None) -> Context:
     """Settings, data family, image size and encoder description for ``source`` (no heavy work)."""
-    pre = RC.resolve_preset(preset)
+    pre = resolve_preset(preset)
     user = RC.parse_overrides(overrides)
     cfg = source.config()
     if scale is not None and scale not in RC.PROFILES:
@@ -130,8 +131,8 @@ def build_context(source: Source, out: str | Path, *, scale: str | None = None, 
                         "class_token": mo.class_token, "pool": mo.pool}
     data = settings.data
     if data.dataset is None:
-        if cfg is not None:
-            data.dataset = cfg.data.dataset
+        if cfg is not None:  # JFT-300M has no labelled evaluation split: its encoders are evaluated on IN-1K
+            data.dataset = "imagefolder" if cfg.data.dataset == "jft" else cfg.data.dataset
         elif pre is not None and pre.data.get("dataset"):
             data.dataset = pre.data["dataset"]
         else:

@@ -12,8 +12,9 @@ strict types), in layers, later wins:
 
 Unknown sections and keys fail naming the key. ``linear.*`` / ``finetune.*`` take the fields of
 :class:`LinearProbeConfig` / :class:`FinetuneConfig` plus ``protocol``, the named variant they start from
-(:data:`PROTOCOLS`, recorded in the result's fingerprint). Keys that only change speed or file
-locations (:data:`RUNTIME_KEYS`) stay out of a result's fingerprint.
+(:data:`PROTOCOLS`, recorded in the result's fingerprint). Every key of every section is part of a result's
+recipe fingerprint (:func:`recipe_fingerprint`) unless :data:`NEUTRAL_EVAL_KEYS` names it with the reason
+(paths, worker counts, feature-extraction batch sizes: speed and file locations, never numbers).
 
 ========== ==========================================================================================
 section    keys
@@ -33,12 +34,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from canbench.config import (
     IMAGENET_MEAN,
@@ -57,9 +57,21 @@ PROFILES = SCALES + ("mae",)  # evaluation profiles: the scales plus MAE's linea
 SECTIONS = ("data", "model") + SUITES
 DEFAULT_CROP_PCT = 224 / 256  # Resize(256) + CenterCrop(224) at S = 224 (docs/protocols.md §3)
 LINEAR_MODES = ("full", "cached_features")
-# Keys that change how fast a suite runs or where files are, never its numbers: kept out of fingerprints.
-RUNTIME_KEYS = frozenset({"batch_size", "num_workers", "eval_batch_size", "root", "roots", "val_root",
-                          "checkpoint"})
+_PATH = "a path: the data it holds is compared as its identity"
+_WORKERS = "loader parallelism"
+_FEATURE_BATCH = "the batch of frozen-encoder feature extraction (eval mode, no batch statistics)"
+# Keys of each section that never change a result, with the reason (docs/reports.md lists them).
+NEUTRAL_EVAL_KEYS: dict[str, dict[str, str]] = {
+    "data": {"root": _PATH, "val_root": _PATH,
+             "dataset": "the loader; what each split holds is compared as its identity (eval_data)"},
+    "model": {},
+    "knn": {"batch_size": _FEATURE_BATCH, "num_workers": _WORKERS},
+    "linear": {"eval_batch_size": _FEATURE_BATCH, "num_workers": _WORKERS},
+    "fewshot": {"root": _PATH, "roots": _PATH, "batch_size": _FEATURE_BATCH, "num_workers": _WORKERS},
+    "finetune": {"eval_batch_size": "the batch of the validation passes (eval mode)", "num_workers": _WORKERS},
+    "shift": {"roots": _PATH, "checkpoint": "the classifier is identified by its sha256", "batch_size": _FEATURE_BATCH,
+              "num_workers": _WORKERS},
+}
 
 
 # ---- the suites' protocols ------------------------------------------------------------------------
@@ -87,7 +99,6 @@ class LinearProbeConfig:
     num_workers: int = 0
     seed: int = 0
     max_steps: int | None = None  # hard cap for smoke runs (recorded in the fingerprint)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid key."""
@@ -377,9 +388,50 @@ def build_settings(profile: str, *layers: dict[str, Any] | None) -> EvalSettings
     return out
 
 
-def fingerprint_config(section: dict[str, Any]) -> dict[str, Any]:
-    """A suite's settings without the keys that only affect speed or file locations."""
-    return {k: v for k, v in sorted(section.items()) if k not in RUNTIME_KEYS}
+def recipe_fingerprint(section: str, mapping: dict[str, Any]) -> dict[str, Any]:
+    """A section's settings without its neutral keys (:data:`NEUTRAL_EVAL_KEYS`), sorted."""
+    neutral = NEUTRAL_EVAL_KEYS[section]
+    return {k: v for k, v in sorted(mapping.items()) if k not in neutral}
+
+
+def suite_recipe(section: str, values: dict[str, Any], settings: EvalSettings) -> dict[str, Any]:
+    """The recipe a suite's result records: its own keys and the data / model sections, neutral keys left out."""
+    return {**recipe_fingerprint(section, values),
+            "data": recipe_fingerprint("data", section_dict(settings.data)),
+            "model": recipe_fingerprint("model", section_dict(settings.model))}
+
+
+def trained_protocol(section: str, settings: EvalSettings, scale: str, img_size: int, crop_pct: float,
+                     user_keys: frozenset[str] = frozenset()) -> tuple[Any, dict[str, Any]]:
+    """The linear probe's / finetune's config (the named protocol <- the settings, the encoder's image size, the
+    family's crop, a warm-up fitted to short schedules) and its recipe fingerprint. A profile's warm-up longer
+    than user-set epochs shrinks to a tenth of them; a warm-up the user set is kept."""
+    kw = dict(getattr(settings, section))
+    protocol = kw.pop("protocol", None) or scale
+    if kw.get("img_size") not in (None, img_size):
+        raise ConfigError(f"{section}.img_size={kw['img_size']} differs from the encoder's image size {img_size} "
+                          "(resolution changes are not supported)")
+    kw["img_size"] = img_size
+    kw["crop_pct"] = crop_pct if kw.get("crop_pct") is None else float(kw["crop_pct"])
+    if protocol in PROTOCOLS[section]:
+        defaults = protocol_config(section, protocol)
+        epochs = kw.get("epochs", defaults.epochs)
+        warm = kw.get("warmup_epochs", defaults.warmup_epochs)
+        if warm > epochs and f"{section}.warmup_epochs" not in user_keys:
+            kw["warmup_epochs"] = epochs / 10
+    cfg = protocol_config(section, protocol, **kw)
+    values = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as stored results hold them
+    return cfg, {"protocol": protocol, **suite_recipe(section, values, settings)}
+
+
+def paper_recipe(section: str, img_size: int = 224) -> dict[str, Any]:
+    """The recipe fingerprint of the paper's linear probe (Table 11) or finetune (Table 10) on IN-1K."""
+    return json.loads(_paper_recipe(section, img_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _paper_recipe(section: str, img_size: int) -> str:
+    return json.dumps(trained_protocol(section, build_settings("paper"), "paper", img_size, DEFAULT_CROP_PCT)[1])
 
 
 def section_dict(section: Any) -> dict[str, Any]:
@@ -387,61 +439,9 @@ def section_dict(section: Any) -> dict[str, Any]:
     return copy.deepcopy(dataclasses.asdict(section))
 
 
-@dataclass
-class EvalPreset:
-    """What ``--preset`` named: a scale profile, plus settings and (pretraining presets) model / data defaults."""
-
-    name: str
-    scale: str | None = None  # smoke | small | paper (the profile "mae" is paper scale)
-    profile: str | None = None  # smoke | small | paper | mae
-    settings: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)  # pretraining preset's model section
-    data: dict[str, Any] = field(default_factory=dict)  # pretraining preset's data section
-
-
-def resolve_preset(name: str | None) -> EvalPreset | None:
-    """``--preset``: a profile (smoke, small, paper, mae), a pretraining preset (its ``scale``; model and data
-    sections as defaults for public checkpoints) or an eval YAML file (``scale`` / ``profile`` + sections)."""
-    if not name:
-        return None
-    if name in PROFILES:
-        return EvalPreset(name, scale="paper" if name == "mae" else name, profile=name)
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        with open(p) as f:
-            raw = yaml_numbers(yaml.safe_load(f) or {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"eval preset {p}: expected a mapping")
-        if "config" in raw or "methods" in raw:  # a pretraining preset file
-            return _from_pretrain_preset(str(p), raw)
-        profile = raw.pop("profile", None) or raw.get("scale")
-        scale = raw.pop("scale", None) or ("paper" if profile == "mae" else profile)
-        raw.pop("description", None)
-        if profile is not None and profile not in PROFILES:
-            raise ConfigError(f"eval preset {p}: profile/scale {profile!r} is not one of {PROFILES}")
-        validate_settings(raw, f"eval preset {p} key")
-        return EvalPreset(str(p), scale=scale, profile=profile, settings=raw)
-    from canbench.train.recipe import load_preset
-
-    try:
-        raw = load_preset(name)
-    except ConfigError as e:
-        raise ConfigError(f"--preset {name!r}: not an evaluation profile ({', '.join(PROFILES)}), "
-                          f"nor an eval YAML file; as a pretraining preset: {e}") from None
-    return _from_pretrain_preset(name, raw)
-
-
-def _from_pretrain_preset(name: str, raw: dict[str, Any]) -> EvalPreset:
-    scale = raw.get("scale")
-    if scale not in SCALES:
-        raise ConfigError(f"preset {name!r} has scale {scale!r}; expected one of {SCALES}")
-    cfg = raw.get("config") or {}
-    return EvalPreset(name, scale=scale, profile=scale, model=dict(cfg.get("model") or {}),
-                      data=dict(cfg.get("data") or {}))
-
-
-__all__ = ["DEFAULT_CROP_PCT", "EvalData", "EvalPreset", "EvalSettings", "ExternalModel", "FewshotSettings",
-           "FinetuneConfig", "KnnSettings", "LINEAR_MODES", "LinearHeadConfig", "LinearProbeConfig", "PROFILES",
-           "PROFILE_SETTINGS", "PROTOCOLS", "RUNTIME_KEYS", "SECTIONS", "ShiftSettings", "build_settings",
-           "finetune_config", "fingerprint_config", "linear_config", "parse_overrides", "protocol_config",
-           "resolve_preset", "section_dict", "validate_settings"]
+__all__ = ["DEFAULT_CROP_PCT", "EvalData", "EvalSettings", "ExternalModel", "FewshotSettings",
+           "FinetuneConfig", "KnnSettings", "LINEAR_MODES", "LinearHeadConfig", "LinearProbeConfig",
+           "NEUTRAL_EVAL_KEYS", "PROFILES", "PROFILE_SETTINGS", "PROTOCOLS", "SECTIONS", "ShiftSettings",
+           "build_settings", "finetune_config", "linear_config", "paper_recipe", "parse_overrides",
+           "protocol_config", "recipe_fingerprint", "section_dict", "suite_recipe",
+           "trained_protocol", "validate_settings"]

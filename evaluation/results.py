@@ -8,14 +8,13 @@ protocol (and the same checkpoint, when given); a result whose fingerprint diffe
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from canbench.fingerprint import mismatches, protocol_fingerprint
-from canbench.io import read_json, write_json
+from canbench.io import file_sha256, read_json, write_json
 from canbench.rundir import RunDir
 
 
@@ -60,15 +59,6 @@ def suite_fingerprint_fields(*, pooling: str, head_bn: bool | None, mean: Sequen
 def make_fingerprint(fields: dict[str, Any]) -> dict[str, Any]:
     """Protocol fields + environment (code version, torch/timm/torchvision, device type and count)."""
     return protocol_fingerprint(**fields)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_info(path: str | Path | None, step: int | None = None) -> dict[str, Any]:

@@ -97,14 +97,13 @@ def _timm_info(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def imagenet_wnids() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k wnids in class-index order (timm ``imagenet_synsets.txt``, sorted)."""
-    text = _timm_info("imagenet_synsets.txt")
-    if text is None:
-        raise ShiftDataError("timm does not ship data/_info/imagenet_synsets.txt; cannot map wnids to indices")
-    wnids = tuple(text.split())
-    if len(wnids) != 1000:
-        raise ShiftDataError(f"timm imagenet_synsets.txt has {len(wnids)} wnids, expected 1000")
-    return wnids
+    """The 1000 ImageNet-1k wnids in class-index order (:func:`canbench.data.identity.imagenet_wnids`)."""
+    from canbench.data.identity import imagenet_wnids as wnids
+
+    try:
+        return wnids()
+    except (OSError, ValueError) as e:
+        raise ShiftDataError(f"cannot map wnids to indices: {e}") from None
 
 
 @functools.lru_cache(maxsize=1)

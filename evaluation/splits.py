@@ -17,6 +17,7 @@ from typing import Any
 from canbench.config import ConfigError
 from canbench.data.builtin import BUILTIN_VERSION
 from canbench.data.datasets import DATASETS, build_dataset, check_dataset_layout
+from canbench.data.identity import identify
 
 BUILTIN_SEED = 0  # evaluation always reads the canonical built-in data set (seed 0), whatever the pretraining seed
 BUILTIN_FEWSHOT_SETS = ("builtin_heldout", "digits")
@@ -61,6 +62,8 @@ class DataSpec:
         d: dict[str, Any] = {"name": self.display, "split": self.split}
         if self.generated and self.name != "digits":
             d.update(size=self.size, seed=BUILTIN_SEED, version=BUILTIN_VERSION)
+        elif self.name in IMAGENET_NAMES + ("jft",) and self.root is not None:
+            d["identity"] = identify(self.name, self.root, self.split)  # what the folder holds (cached listing)
         return d
 
     def build(self, img_size: int) -> Any:

@@ -11,7 +11,6 @@ A plan may name suites it needs first (``shift`` evaluates the classifier the ``
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import time
@@ -53,43 +52,23 @@ def plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _recipe(ctx: Context, section: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return RC.suite_recipe(section, settings, ctx.settings)
+
+
 def _plan_fields(ctx: Context, dataset: Any, data: Any, config: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": dataset, "eval_data": data, "eval_config": config, "eval_profile": ctx.profile,
             "encoder": ctx.encoder_desc}
 
 
-def _with_img_size(section: str, kw: dict[str, Any], img_size: int) -> dict[str, Any]:
-    if kw.get("img_size") not in (None, img_size):
-        raise ConfigError(f"{section}.img_size={kw['img_size']} differs from the encoder's image size {img_size} "
-                          "(resolution changes are not supported)")
-    return {**kw, "img_size": img_size}
-
-
-def _fit_warmup(ctx: Context, section: str, kw: dict[str, Any], protocol: str) -> None:
-    """A profile's warmup longer than user-set epochs shrinks to a tenth of them (a user-set warmup is kept)."""
-    defaults = RC.protocol_config(section, protocol)
-    epochs = kw.get("epochs", defaults.epochs)
-    warm = kw.get("warmup_epochs", defaults.warmup_epochs)
-    if warm > epochs and f"{section}.warmup_epochs" not in ctx.user_keys:
-        kw["warmup_epochs"] = epochs / 10
-        log.info("%s: warmup_epochs %s > epochs %s: using %s", section, warm, epochs, kw["warmup_epochs"])
-
-
 def _trained_suite_setup(ctx: Context, section: str) -> tuple[Any, dict[str, Any], DataSpec, DataSpec]:
-    """The linear probe's / finetune's config (protocol + settings, encoder's image size, the family's crop,
-    warm-up fitted to short schedules), its fingerprint and the train / eval splits; checked before any work."""
-    kw = dict(getattr(ctx.settings, section))
-    protocol = kw.pop("protocol", None) or ctx.scale
-    kw = _with_img_size(section, kw, ctx.img_size)
-    kw["crop_pct"] = ctx.crop(kw.get("crop_pct"))
-    if protocol in RC.PROTOCOLS[section]:
-        _fit_warmup(ctx, section, kw, protocol)
-    cfg = RC.protocol_config(section, protocol, **kw)
+    """The linear probe's / finetune's config and recipe (:func:`canbench.evaluation.recipes.trained_protocol`)
+    and the train / eval splits; checked before any work."""
+    cfg, conf = RC.trained_protocol(section, ctx.settings, ctx.scale, ctx.img_size, ctx.crop(None), ctx.user_keys)
     train, val = main_specs(ctx.family, ctx.dataset, ctx.settings.data, ctx.pretrain_builtin_size())
     if train.generated and train.size is not None and cfg.batch_size > train.size:
         raise ConfigError(f"{section}.batch_size={cfg.batch_size} exceeds the {train.size} training images "
                           f"({train.name} train); set {section}.batch_size or data.train_size")
-    conf = {"protocol": protocol, **RC.fingerprint_config(plain(dataclasses.asdict(cfg)))}
     return cfg, conf, train, val
 
 
@@ -118,7 +97,7 @@ def plan_knn(ctx: Context) -> SuitePlan:
     s = RC.section_dict(ctx.settings.knn)
     s["crop_pct"] = ctx.crop(s["crop_pct"])
     train, val = main_specs(ctx.family, ctx.dataset, ctx.settings.data, ctx.pretrain_builtin_size())
-    conf = {**RC.fingerprint_config(s), "img_size": ctx.img_size}
+    conf = {**_recipe(ctx, "knn", s), "img_size": ctx.img_size}
 
     def run() -> dict[str, Any]:
         tr, va = train.build(ctx.img_size), val.build(ctx.img_size)
@@ -166,8 +145,7 @@ def plan_fewshot(ctx: Context) -> SuitePlan:
         apply(linear_cfg, s.linear_head, prefix="fewshot.linear_head.")
     specs = {n: fewshot_specs(n, s, ctx.settings.data.test_size) for n in names}
     crops = {n: ctx.crop(s.crop_pct, generated=specs[n][0].generated) for n in names}
-    settings = {k: v for k, v in RC.section_dict(s).items() if k not in ("datasets", "train_size", "test_size")}
-    conf = {**RC.fingerprint_config(settings),
+    conf = {**_recipe(ctx, "fewshot", RC.section_dict(s)),
             "crop_pct": crops if len(set(crops.values())) > 1 else next(iter(crops.values())), "img_size": ctx.img_size}
     data = {n: {"train": tr.describe(), "test": te.describe()} for n, (tr, te) in specs.items()}
 
@@ -268,8 +246,7 @@ def plan_shift(ctx: Context) -> SuitePlan:
         if size is not None:
             options["builtin_size"] = size
     used_roots = {n: roots[n] for n in sets if n in roots}
-    settings = {k: v for k, v in RC.section_dict(s).items() if k not in ("sets", "test_size", "options")}
-    conf = {**RC.fingerprint_config(settings), "options": {k: options[k] for k in sorted(options)}}
+    conf = {**_recipe(ctx, "shift", RC.section_dict(s)), "options": {k: options[k] for k in sorted(options)}}
 
     def checkpoint_info() -> dict[str, Any]:
         return R.checkpoint_info(checkpoint, finetuned_meta(checkpoint).get("step") if checkpoint.is_file() else None)

@@ -11,6 +11,7 @@ benchmark   cell position                                                       
 ==========  ==========================================================================  =================
 table1      variant = ``method.noise_mode`` (none|augment_only|loss_without_sigma_...|full)  ViT-B 100 ep IN-1K
 table2      row = (method, ``extra.paper_arch`` or arch, ``extra.paper_epochs`` or epochs)  JFT-300M
+            (finetune cells are Fig. 1's: table ``fig1``)
 table3      row = (method, ``extra.paper_arch`` or arch, ``extra.paper_epochs`` or epochs)  IN-1K
 table4      row = method; suite ``pretrain`` infonce/rec -> contrastive/reconstruction_loss  ViT-B 100 ep IN-1K
 table5      variant = loss terms present: C if l_nce > 0, A if lam > 0, N if the denoising  ViT-B 100 ep IN-1K
@@ -20,9 +21,12 @@ fig7        variant = ``l_nce=<a> sigma_max=<s> lam=<l>``                       
 other/none  table = benchmark (or ``unassigned``); the run's own arch, data and epochs      -
 ==========  ==========================================================================  =================
 
-The run's actual scale and the evaluation's fingerprint go into the cell's *protocol fingerprint*
-(``pretrain.*`` from config.yaml, ``eval.*``/``train.*`` from the result file); a cell is compared
-with the paper only when that fingerprint agrees with :func:`paper_protocol` on every field.
+The cell's *protocol fingerprint* (:func:`protocol_fingerprint`) is everything that can change its number,
+flattened to dotted keys so a difference names its key: ``pretrain.<key>`` for every result-affecting key of
+the training config (:func:`canbench.fingerprint.train_fingerprint`), ``pretrain.data.identity.*`` for what
+the run trained on, ``<suite>.<key>`` for every result-affecting key of the evaluation recipe,
+``eval.data.<split>.*`` for what it was evaluated on, ``eval.encoder.*`` and the suite's protocol fields as
+``eval.<field>``. Provenance (code version, devices, world size, ...) is recorded but never compared.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from typing import Any
 
 import pandas as pd
 
+from canbench.config import flatten
 from canbench.fingerprint import INFORMATIONAL, mismatches
-from canbench.methods import METHODS, loss_term_names
+from canbench.methods import loss_term_names
 from canbench.reports.collect import normalize_dataset
 from canbench.reports.paper import PAPER_KEYS
 
 CELL_KEYS = PAPER_KEYS + ["dataset", "shots"]
+POSITION_KEYS = [k for k in CELL_KEYS if k not in ("metric", "dataset", "shots")]  # a run's place in a table
 PAPER_TABLES = ("table1", "table2", "table3", "table4", "table5")
 FIXED_SETTING = {  # benchmark -> (arch, pretrain_data, epochs) of the paper's experiment
     "table1": ("vit_base", "in1k", "100"), "table4": ("vit_base", "in1k", "100"),
@@ -46,20 +52,13 @@ FIXED_SETTING = {  # benchmark -> (arch, pretrain_data, epochs) of the paper's e
 }
 TABLE_DATA = {"table2": "jft300m", "table3": "in1k"}
 SUITE_PROTOCOL = {"pretrain": "train_loss"}
+PROTOCOL_TABLE = {("table2", "finetune"): "fig1"}  # Table 2's finetuned ViT-Ls are Fig. 1 (right)'s numbers
 
 # Per-run or bookkeeping fields that never decide comparability (beyond canbench's INFORMATIONAL).
 PER_RUN_FIELDS = frozenset({"seed", "created", "run_id", "run_dir", "checkpoint", "path", "sha256", "host",
-                            "hostname", "time", "wall_time", "elapsed_s", "duration_s"})
-
-PAPER_PRETRAIN = {"pretrain.img_size": 224, "pretrain.patch_size": 16, "pretrain.batch_size": 4096,
-                  "pretrain.max_steps": None, "pretrain.pool": "avg"}
-PAPER_EVAL = {  # docs/protocols.md §3 (paper Tables 10-11); max_steps None: no step cap
-    "linear": {"eval.pooling": "avg", "eval.head_bn": True, "eval.epochs": 100, "eval.metric": "last_epoch",
-               "eval.mode": "augmented", "eval.dataset": "in1k", "eval.img_size": 224, "eval.max_steps": None},
-    "finetune": {"eval.pooling": "avg+fc_norm", "eval.epochs": 100, "eval.metric": "last_epoch",
-                 "eval.dataset": "in1k", "eval.img_size": 224, "eval.max_steps": None},
-    "train_loss": {},
-}
+                            "hostname", "time", "wall_time", "elapsed_s", "duration_s", "eval_profile"})
+# Sections of an evaluation result's fingerprint that are flattened under their own prefix.
+EVAL_SECTION_PREFIX = {"eval_data": "eval.data.", "encoder": "eval.encoder."}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -119,7 +118,7 @@ def cell_key(row: dict) -> dict[str, str]:
     bench = _given(row.get("benchmark")) or "unassigned"
     suite = row.get("suite") or ""
     protocol = SUITE_PROTOCOL.get(suite, suite)
-    metric = row.get("metric") or ""
+    metric = _given(row.get("metric")) or ""
     if protocol == "train_loss":
         metric = loss_term_names().get(metric, metric)
     if bench in FIXED_SETTING:
@@ -131,89 +130,155 @@ def cell_key(row: dict) -> dict[str, str]:
         data = TABLE_DATA[bench]
     else:
         arch, data, epochs = fmt_key(row.get("arch")), fmt_key(row.get("pretrain_data")), fmt_key(row.get("epochs"))
-    return {"table": str(bench), "method": fmt_key(row.get("method")), "arch": arch, "pretrain_data": data,
-            "epochs": epochs, "protocol": protocol, "metric": metric, "variant": _variant(row, bench),
-            "dataset": fmt_key(row.get("dataset")), "shots": fmt_key(row.get("shots"))}
+    return {"table": PROTOCOL_TABLE.get((str(bench), protocol), str(bench)), "method": fmt_key(row.get("method")),
+            "arch": arch, "pretrain_data": data, "epochs": epochs, "protocol": protocol, "metric": metric,
+            "variant": _variant(row, bench), "dataset": fmt_key(row.get("dataset")), "shots": fmt_key(row.get("shots"))}
 
 
-def protocol_fingerprint(row: dict) -> dict[str, Any]:
-    """The fields deciding comparability of one result: ``pretrain.*`` plus the result's fingerprint."""
-    fp = dict(row.get("protocol") or {})
-    prefix = "train." if row.get("suite") == "pretrain" else "eval."
-    for k, v in (row.get("fingerprint") or {}).items():
-        if k in INFORMATIONAL or k in PER_RUN_FIELDS:
-            continue
-        if k == "dataset":
-            v = normalize_dataset(v)
-        elif k == "metric" and isinstance(v, str) and v.startswith("last_epoch"):
-            v = "last_epoch"  # "last_epoch (top1_best: best epoch)": the headline number is the last epoch
-        fp[prefix + k] = v
+def _plain(fp: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(fp, sort_keys=True, default=str))
 
 
+def pretrain_fingerprint(recipe: dict[str, Any] | None, identity: dict[str, Any] | None) -> dict[str, Any]:
+    """``pretrain.<key>`` for each recipe key plus ``pretrain.data.identity.*`` (None: not recorded)."""
+    fp: dict[str, Any] = {f"pretrain.{k}": v for k, v in (recipe or {}).items()}
+    if isinstance(identity, dict) and identity:
+        fp.update(flatten(identity, "pretrain.data.identity."))
+    else:
+        fp["pretrain.data.identity"] = None
+    return fp
+
+
+def eval_fingerprint(suite: str, result_fp: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation result's fingerprint flattened: ``<suite>.<recipe key>``, ``eval.data.*``, ``eval.encoder.*``
+    and ``eval.<protocol field>``; provenance and per-run fields left out."""
+    fp: dict[str, Any] = {}
+    for k, v in result_fp.items():
+        if k in INFORMATIONAL or k in PER_RUN_FIELDS:
+            continue
+        if k == "eval_config" and isinstance(v, dict):
+            fp.update(flatten(v, f"{suite}."))
+        elif k in EVAL_SECTION_PREFIX and isinstance(v, dict):
+            fp.update(flatten(v, EVAL_SECTION_PREFIX[k]))
+        elif k == "dataset":
+            fp["eval.dataset"] = normalize_dataset(v) if not isinstance(v, list) else [normalize_dataset(x) for x in v]
+        elif k == "metric" and isinstance(v, str) and v.startswith("last_epoch"):
+            fp["eval.metric"] = "last_epoch"  # "last_epoch (top1_best: best epoch)": the headline is the last epoch
+        else:
+            fp[f"eval.{k}"] = v
+    return fp
+
+
+def protocol_fingerprint(row: dict) -> dict[str, Any]:
+    """Every field deciding comparability of one collected result row (see the module docstring)."""
+    recipe = row.get("recipe") if isinstance(row.get("recipe"), dict) else None
+    ident = row.get("data_identity") if isinstance(row.get("data_identity"), dict) else None
+    fp = pretrain_fingerprint(recipe, ident)
+    suite = row.get("suite") or ""
+    if suite != "pretrain" and isinstance(row.get("fingerprint"), dict):
+        fp.update(eval_fingerprint(suite, row["fingerprint"]))
+    return _plain(fp)
+
+
+CELL_COLUMNS = CELL_KEYS + ["value", "seed", "run_id", "run_dir", "scale", "fp", "fp_sig", "code_version",
+                            "higher_is_better", "error", "marker"]
+
+
 def to_cells(results: pd.DataFrame) -> pd.DataFrame:
-    """Map every row of :func:`collect` output to its cell; adds ``fp`` (dict) and ``fp_sig`` (str)."""
-    cols = CELL_KEYS + ["value", "seed", "run_id", "run_dir", "fp", "fp_sig", "code_version", "higher_is_better"]
+    """Map every row of :func:`collect` output to its cell; adds ``fp`` (dict) and ``fp_sig`` (str).
+
+    ``error``: why the row's value cannot be used (an unreadable or missing result, a stale one); ``marker``:
+    the row stands for every cell of its suite (the result file itself is unreadable or missing)."""
     rows = []
     for rec in results.to_dict("records"):
         key = cell_key(rec)
         fp = protocol_fingerprint(rec)
+        err = _given(rec.get("error"))
         rows.append({**key, "value": rec["value"], "seed": rec.get("seed"), "run_id": rec.get("run_id"),
-                     "run_dir": rec.get("run_dir"), "fp": fp, "fp_sig": json.dumps(fp, sort_keys=True),
-                     "code_version": rec.get("code_version"),
-                     "higher_is_better": not lower_is_better(key["metric"])})
-    return pd.DataFrame(rows, columns=cols)
+                     "run_dir": rec.get("run_dir"), "scale": fmt_key(_given(rec.get("scale"))), "fp": fp,
+                     "fp_sig": json.dumps(fp, sort_keys=True), "code_version": rec.get("code_version"),
+                     "higher_is_better": not lower_is_better(key["metric"]), "error": err,
+                     "marker": err is not None and _given(rec.get("metric")) is None})
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+AGG_COLUMNS = CELL_KEYS + ["mean", "std", "n", "n_valid", "values", "seeds", "runs", "scales", "fp", "fp_sig",
+                           "code_versions", "higher_is_better", "invalid", "stale"]
+
+
+def _problem(row: dict) -> tuple[str, str] | None:
+    """('stale' | 'invalid', reason) when a cell row's value cannot be used; None when it can."""
+    err = _given(row.get("error"))
+    seed = fmt_key(row.get("seed"))
+    who = f"{row.get('run_id')} (seed {seed})" if seed else str(row.get("run_id"))
+    if err is not None:
+        return ("stale" if str(err).startswith("stale") else "invalid"), f"{who}: {err}"
+    v = row.get("value")
+    if not _isnum(v) or math.isinf(v):
+        return "invalid", f"{who}: value {v} is not a finite number"
+    return None
 
 
 def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof 1; NaN for n=1), n and seeds per (cell, protocol fingerprint) group."""
-    cols = CELL_KEYS + ["mean", "std", "n", "seeds", "runs", "fp", "fp_sig", "code_versions", "higher_is_better"]
+    """Per (cell, protocol fingerprint) group: mean, std (ddof 1; NaN for n=1) over the usable values, n (every
+    seed, usable or not), n_valid, and the reasons of the unusable ones (``invalid``: NaN, unreadable or missing
+    results; ``stale``: results of another checkpoint). Marker rows (:func:`to_cells`) are left out: a check
+    looks them up by cell position (:func:`markers_by_position`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in cells.to_dict("records") if len(cells) else []:
+        if not r["marker"]:
+            groups.setdefault(tuple(r[k] for k in CELL_KEYS) + (r["fp_sig"],), []).append(r)
     out = []
+    for _, recs in sorted(groups.items(), key=lambda kv: kv[0]):
+        problems = [_problem(r) for r in recs]
+        vals = [float(r["value"]) for r, p in zip(recs, problems) if p is None]
+        first = recs[0]
+        mean = sum(vals) / len(vals) if vals else math.nan
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+        out.append({**{k: first[k] for k in CELL_KEYS}, "mean": mean, "std": std, "n": len(recs),
+                    "n_valid": len(vals), "values": vals, "seeds": sorted({fmt_key(r["seed"]) for r in recs}),
+                    "runs": [r["run_id"] for r in recs], "scales": sorted({r["scale"] for r in recs if r["scale"]}),
+                    "fp": first["fp"], "fp_sig": first["fp_sig"],
+                    "code_versions": sorted({str(r["code_version"]) for r in recs if _given(r["code_version"])}),
+                    "higher_is_better": bool(first["higher_is_better"]),
+                    "invalid": [p[1] for p in problems if p and p[0] == "invalid"],
+                    "stale": [p[1] for p in problems if p and p[0] == "stale"]})
+    return pd.DataFrame(out, columns=AGG_COLUMNS)
+
+
+def markers_by_position(cells: pd.DataFrame) -> dict[tuple[str, ...], list[str]]:
+    """Reasons of the marker rows (unreadable / missing result files), by table position (:data:`POSITION_KEYS`)."""
+    out: dict[tuple[str, ...], list[str]] = {}
     if len(cells):
-        for _, g in cells.groupby(CELL_KEYS + ["fp_sig"], sort=True, dropna=False):
-            vals = pd.to_numeric(g["value"], errors="coerce").dropna()
-            first = g.iloc[0]
-            out.append({**{k: first[k] for k in CELL_KEYS}, "mean": float(vals.mean()) if len(vals) else math.nan,
-                        "std": float(vals.std(ddof=1)) if len(vals) > 1 else math.nan, "n": int(len(vals)),
-                        "seeds": sorted({fmt_key(s) for s in g["seed"]}), "runs": list(g["run_id"]),
-                        "fp": first["fp"], "fp_sig": first["fp_sig"],
-                        "code_versions": sorted({str(c) for c in g["code_version"] if c}),
-                        "higher_is_better": bool(first["higher_is_better"])})
-    return pd.DataFrame(out, columns=cols)
-
-
-def paper_protocol(key: dict[str, str]) -> dict[str, Any]:
-    """The protocol fingerprint a reproduction of paper cell ``key`` must have to be compared with it."""
-    fp: dict[str, Any] = {"pretrain.arch": key["arch"], "pretrain.data": key["pretrain_data"], **PAPER_PRETRAIN}
-    if key["epochs"]:
-        fp["pretrain.epochs"] = int(key["epochs"])
-    if key["pretrain_data"] == "jft300m":  # "ImageNet-equivalent epochs" (Sec. 4.1)
-        fp["pretrain.epoch_unit"] = "imagenet"
-    if key["table"] == "table4":
-        fp["pretrain.mask_ratio"] = 0.5  # "All methods use 50% masking for fair comparison"
-    elif key["table"] in ("table2", "table3", "fig1") and key["method"] in METHODS:
-        fp["pretrain.mask_ratio"] = METHODS[key["method"]].defaults["mask_ratio"]  # the method's own default
-    fp.update(PAPER_EVAL.get(key["protocol"], {}))
-    return fp
+        for r in cells[cells["marker"].astype(bool)].to_dict("records"):
+            out.setdefault(tuple(r[k] for k in POSITION_KEYS), []).append(
+                f"{r['run_id']} (seed {fmt_key(r['seed'])}): {r['error']}")
+    return out
 
 
 def describe_mismatches(diff: dict[str, tuple], expected_label: str = "paper") -> str:
-    """``{"pretrain.arch": ("vit_micro", "vit_base")}`` -> "pretrain.arch vit_micro (paper vit_base)"."""
+    """``{"pretrain.model.arch": ("vit_micro", "vit_base")}`` -> "pretrain.model.arch vit_micro (paper vit_base)"."""
     parts = []
     for k, (got, want) in sorted(diff.items()):
-        got_s = "not recorded" if got is None and want is not None else fmt_key(got) or repr(got)
-        parts.append(f"{k} {got_s} ({expected_label} {fmt_key(want) if want is not None else 'none'})")
+        got_s = "not recorded" if got is None and want is not None else _show(got)
+        parts.append(f"{k} {got_s} ({expected_label} {_show(want) if want is not None else 'none'})")
     return "; ".join(parts)
 
 
-def best_group(groups: pd.DataFrame, expected: dict[str, Any] | None,
+def _show(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return fmt_key(v) or repr(v)
+
+
+def best_group(groups: pd.DataFrame | list[dict], expected: dict[str, Any] | None,
                keys: list[str] | None = None) -> tuple[dict, dict[str, tuple]]:
     """Among one cell's fingerprint groups, the one closest to ``expected`` (fewest mismatches) + them.
 
     ``keys``: the fields compared; None compares every non-informational field of either side.
     """
     best, best_diff = None, None
-    for rec in groups.to_dict("records"):
+    for rec in groups.to_dict("records") if isinstance(groups, pd.DataFrame) else groups:
         if expected is None:
             return rec, {}
         use = keys if keys is not None else sorted((set(expected) | set(rec["fp"])) - INFORMATIONAL

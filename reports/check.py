@@ -1,11 +1,24 @@
-"""Regression check: every reproduced cell against the paper or a baseline CSV, with tolerances.
+"""The reproduction check: every cell of a reference (the paper, or a baseline CSV) against the runs at hand.
 
-Verdicts per cell: ``pass`` | ``regression`` | ``improvement`` | ``incomparable`` (with the reason).
-Tolerance: a default per metric (``top1``-like accuracies: 1.0 point absolute; losses: 2 % of the
-expected value), or ``abs_tol`` if given, widened to ``k`` x the seed standard deviation when two
-or more seeds are available (the larger of the current and the baseline std). The rule used is
-recorded per cell. Exit codes: 0 all compared cells pass (or improve), 1 any regression, 2 nothing
-comparable — never a silent pass.
+The rule (docs/reports.md, "The statistical rule"):
+
+1. The reference fixes the cells. Every one of them must be reproduced: a reference cell with no reproduced
+   value is ``missing``, one whose runs have a NaN, unreadable or missing result is ``invalid``, one made from
+   another checkpoint than the run's current one is ``stale``, one whose protocol fingerprint differs is
+   ``incomparable`` (naming each differing key, its value and the reference's). None of these ever passes.
+2. A compared cell's difference ``d = candidate mean - reference mean`` is judged against
+   ``tolerance = q * s * sqrt(1/n_c + 1/n_r)`` (:mod:`canbench.reports.noise`), where ``s`` comes from the
+   *reference's* seeds (pooled over the reference's cells of the same protocol and metric with two or more
+   seeds) or, without any, from the documented noise floor of the metric; the candidate's own spread never
+   enters, so one collapsed seed cannot widen its own tolerance. ``q`` is the two-sided Student-t (normal for
+   a floor) quantile at ``alpha / m`` — Bonferroni over the ``m`` reference cells, so a check of many cells
+   keeps a family-wise false-alarm rate of ``alpha``.
+3. Verdicts: ``pass`` when ``|d| <= tolerance`` and the tolerance is no wider than the metric's meaningful
+   difference (else ``inconclusive``: more seeds are needed); ``regression`` / ``improvement`` beyond it, in
+   the metric's direction (losses are better lower). Identical means pass whatever the noise.
+
+Exit codes: 0 when every reference cell passes, 1 otherwise, 2 for usage errors (a bad baseline file, an
+unknown ``--benchmark``). Reproduced cells the reference does not hold are listed, never failed.
 """
 
 from __future__ import annotations
@@ -22,116 +35,132 @@ import pandas as pd
 
 from canbench.fingerprint import code_version
 from canbench.io import atomic_path
+from canbench.methods import loss_term_names
 from canbench.reports.cells import (
     CELL_KEYS,
+    POSITION_KEYS,
     aggregate,
     best_group,
     describe_mismatches,
     lower_is_better,
-    paper_protocol,
+    markers_by_position,
     to_cells,
 )
-from canbench.reports.paper import paper_numbers
+from canbench.reports.noise import (
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    PASS,
+    REGRESSION,
+    Noise,
+    floor_for,
+    pooled,
+    tolerance,
+    verdict,
+)
+from canbench.reports.reference import BENCHMARK_TABLES, paper_reference
 
-PASS, REGRESSION, IMPROVEMENT, INCOMPARABLE = "pass", "regression", "improvement", "incomparable"
-EXIT_OK, EXIT_REGRESSION, EXIT_NOTHING_COMPARABLE = 0, 1, 2
-ABS_DEFAULT = 1.0  # accuracy points
-REL_DEFAULT = 0.02  # fraction of the expected value, for losses and other non-accuracy metrics
+INCOMPARABLE, MISSING, INVALID, STALE, UNREFERENCED = "incomparable", "missing", "invalid", "stale", "no reference"
+VERDICTS = (PASS, REGRESSION, IMPROVEMENT, INCONCLUSIVE, INCOMPARABLE, MISSING, INVALID, STALE)
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_ALPHA = 0.05
 BASELINE_COLUMNS = CELL_KEYS + ["mean", "std", "n", "seeds", "fingerprint", "code_version"]
-RESULT_COLUMNS = CELL_KEYS + ["expected", "expected_std", "expected_n", "got", "got_std", "got_n", "diff",
-                              "tolerance", "rule", "widened", "verdict", "reason"]
+RESULT_COLUMNS = CELL_KEYS + ["expected", "expected_std", "expected_n", "got", "got_std", "got_n", "n_valid",
+                              "diff", "tolerance", "cap", "noise", "verdict", "reason", "runs"]
+ACCURACY_METRICS = frozenset({"top1", "top5", "top1_best", "top5_best", "mean_shifted_top1"})
 
 
 class BaselineError(ValueError):
-    """A baseline CSV is missing, unreadable or breaks its schema; the message names the path."""
+    """A baseline CSV is missing, unreadable or breaks its schema; the message names the path, row and column."""
+
+
+def known_metrics() -> frozenset[str]:
+    """Metric names results carry: accuracies and every loss name (run summary and Table 4 spellings)."""
+    names = loss_term_names()
+    return ACCURACY_METRICS | {"loss", "final_loss"} | set(names) | set(names.values())
 
 
 @dataclass
 class CheckResult:
-    """Per-cell verdicts plus the overall exit code and a one-paragraph message."""
+    """Per-cell verdicts, the reference label, and the numbers the summary line states."""
 
     cells: pd.DataFrame
     reference: str
+    alpha: float = DEFAULT_ALPHA
+    narrowed: str = ""
 
-    def count(self, verdict: str) -> int:
-        """How many cells got ``verdict``."""
-        return int((self.cells["verdict"] == verdict).sum()) if len(self.cells) else 0
+    def count(self, verdict_: str) -> int:
+        """How many cells got ``verdict_``."""
+        return int((self.cells["verdict"] == verdict_).sum()) if len(self.cells) else 0
+
+    @property
+    def reference_cells(self) -> int:
+        return len(self.cells) - self.count(UNREFERENCED)
 
     @property
     def compared(self) -> int:
-        """Cells with a comparable expected and reproduced value."""
-        return self.count(PASS) + self.count(REGRESSION) + self.count(IMPROVEMENT)
+        """Reference cells with a comparable reproduced value (pass, regression, improvement, inconclusive)."""
+        return sum(self.count(v) for v in (PASS, REGRESSION, IMPROVEMENT, INCONCLUSIVE))
 
     @property
     def exit_code(self) -> int:
-        """0 all pass, 1 any regression, 2 nothing comparable."""
-        if self.count(REGRESSION):
-            return EXIT_REGRESSION
-        return EXIT_OK if self.compared else EXIT_NOTHING_COMPARABLE
+        """0 when every reference cell passes (and there is at least one), else 1."""
+        return EXIT_OK if self.reference_cells and self.count(PASS) == self.reference_cells else EXIT_FAIL
+
+    @property
+    def summary(self) -> str:
+        """One line: how many cells were compared of how many, and every verdict's count."""
+        counts = ", ".join(f"{self.count(v)} {v}" for v in VERDICTS if self.count(v) or v == PASS)
+        extra = self.count(UNREFERENCED)
+        return (f"check against {self.reference}{self.narrowed}: compared {self.compared} of "
+                f"{self.reference_cells} reference cells — {counts}"
+                + (f"; {extra} reproduced cells have no reference value (listed, not checked)" if extra else "")
+                + f" -> {'PASS' if self.exit_code == EXIT_OK else 'FAIL'} (exit {self.exit_code})")
 
     @property
     def message(self) -> str:
-        """A human summary naming the counts and, when nothing was comparable, why."""
-        inc = self.cells[self.cells["verdict"] == INCOMPARABLE] if len(self.cells) else self.cells
-        no_ref = int(inc["expected"].isna().sum()) if len(inc) else 0
-        head = (f"check against {self.reference}: {self.compared} cells compared — {self.count(PASS)} pass, "
-                f"{self.count(REGRESSION)} regression, {self.count(IMPROVEMENT)} improvement; "
-                f"{len(inc)} incomparable ({len(inc) - no_ref} with a reference value, {no_ref} without)")
-        if self.exit_code == EXIT_NOTHING_COMPARABLE:
-            # reasons of cells that do have a reference value say most about why nothing compared
-            ranked = pd.concat([inc[inc["expected"].notna()], inc[inc["expected"].isna()]]) if len(inc) else inc
-            top = ranked["reason"].value_counts(sort=False).head(3) if len(ranked) else pd.Series(dtype=int)
-            why = "\n  ".join(f"{n} x {textwrap.shorten(r, 400)}" for r, n in top.items())
-            return head + (".\nNOTHING COMPARABLE (exit 2) — this is not a pass. "
-                           + (f"Main reasons:\n  {why}" if why else "No reproduced results were found."))
-        if self.exit_code == EXIT_REGRESSION:
-            bad = self.cells[self.cells["verdict"] == REGRESSION]
-            items = [f"{_cell_name(r)}: expected {r['expected']:.4g}, got {r['got']:.4g} (tol {r['tolerance']:.3g}, "
-                     f"{r['rule']})" for r in bad.to_dict("records")]
-            return head + ".\nREGRESSIONS:\n  " + "\n  ".join(items)
-        return head + "."
+        """The summary line, then every reference cell that did not pass with its reason."""
+        bad = self.cells[~self.cells["verdict"].isin([PASS, UNREFERENCED])] if len(self.cells) else self.cells
+        lines = [self.summary]
+        for r in bad.to_dict("records")[:40]:
+            lines.append(f"  {r['verdict'].upper()}: {cell_name(r)}: {textwrap.shorten(describe(r), 600)}")
+        if len(bad) > 40:
+            lines.append(f"  ... and {len(bad) - 40} more (--json lists every cell)")
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict for CI: counts, exit code, message and every cell."""
+        """A JSON-able dict for CI: summary, counts, exit code, alpha and every cell."""
         records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                    for r in self.cells.to_dict("records")]
-        return {"reference": self.reference, "exit_code": self.exit_code, "message": self.message,
-                "counts": {v: self.count(v) for v in (PASS, REGRESSION, IMPROVEMENT, INCOMPARABLE)},
-                "cells": records}
+        return {"reference": self.reference, "exit_code": self.exit_code, "summary": self.summary,
+                "message": self.message, "alpha": self.alpha, "compared": self.compared,
+                "reference_cells": self.reference_cells,
+                "counts": {v: self.count(v) for v in (*VERDICTS, UNREFERENCED)}, "cells": records}
 
 
-def _cell_name(r: dict) -> str:
+def cell_name(r: dict) -> str:
     parts = [r["table"], r["method"], r["arch"], r["pretrain_data"], f"{r['epochs']}ep" if r["epochs"] else "",
              r["protocol"], r["metric"], r["variant"], r["dataset"], f"{r['shots']}-shot" if r["shots"] else ""]
     return "/".join(p for p in parts if p)
 
 
-def tolerance(metric: str, expected: float, stds: list[float], k: float, abs_tol: float | None,
-              n_seeds: tuple[int, int]) -> tuple[float, str, bool]:
-    """(tolerance, rule text, widened?) for one cell; stds are the seed stds available (NaN = none)."""
-    if abs_tol is not None:
-        base, rule = abs_tol, f"abs {abs_tol:g} (--abs-tol)"
-    elif lower_is_better(metric):
-        base, rule = REL_DEFAULT * abs(expected), f"rel {REL_DEFAULT:.0%} of expected (loss default)"
-    else:
-        base, rule = ABS_DEFAULT, f"abs {ABS_DEFAULT:g} point (accuracy default)"
-    sd = max((s for s in stds if s is not None and not math.isnan(s)), default=math.nan)
-    if not math.isnan(sd) and k * sd > base:
-        return k * sd, (f"{k:g} x seed std {sd:.3g} (seeds: {n_seeds[0]} current, {n_seeds[1]} reference) "
-                        f"> {rule}"), True
-    return base, rule, False
-
-
-def _verdict(expected: float, got: float, tol: float, higher_is_better: bool) -> str:
-    diff = got - expected
-    if abs(diff) <= tol:
-        return PASS
-    better = diff > 0 if higher_is_better else diff < 0
-    return IMPROVEMENT if better else REGRESSION
+def describe(r: dict) -> str:
+    """The numbers behind a verdict, or its reason."""
+    if r["verdict"] in (PASS, REGRESSION, IMPROVEMENT, INCONCLUSIVE):
+        got = f"{r['got']:.4g}" + (f" ± {r['got_std']:.2g}" if r["got_n"] > 1 and not math.isnan(r["got_std"])
+                                   else "")
+        txt = (f"expected {r['expected']:.4g} (n={r['expected_n']:g}), got {got} (n={r['got_n']}), "
+               f"diff {r['diff']:+.3g}, tolerance {r['tolerance']:.3g} [{r['noise']}]")
+        return txt + (f"; {r['reason']}" if r["reason"] else "")
+    return r["reason"]
 
 
 def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a baseline CSV written by :func:`write_baseline`; key fields as strings, numbers parsed."""
+    """Read and validate a baseline CSV written by :func:`write_baseline`.
+
+    Every row must have a finite mean, a whole ``n >= 1``, a finite non-negative ``std`` when ``n >= 2`` (none
+    when ``n = 1``), a known metric, accuracies within [0, 100] with a spread of at most 100 points, a JSON
+    fingerprint, and a cell of its own (no duplicates). The error names the file, the row and the column.
+    """
     path = Path(path)
     if not path.is_file():
         raise BaselineError(f"baseline file {path} does not exist")
@@ -142,31 +171,70 @@ def read_baseline(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in BASELINE_COLUMNS if c not in df.columns]
     if missing:
         raise BaselineError(f"baseline file {path} lacks columns {missing} (expected {BASELINE_COLUMNS})")
+    if not len(df):
+        raise BaselineError(f"baseline file {path} has no cells")
+    metrics = known_metrics()
+    fps = []
+    for i, row in enumerate(df.to_dict("records")):
+        where = f"baseline file {path}, row {i + 2}"
+        mean, std, n = (_float(row[c]) for c in ("mean", "std", "n"))
+        if not math.isfinite(mean):
+            raise BaselineError(f"{where}: mean={row['mean']!r} is not a finite number")
+        if not math.isfinite(n) or n < 1 or not float(n).is_integer():
+            raise BaselineError(f"{where}: n={row['n']!r} is not a whole number >= 1")
+        if n >= 2 and (not math.isfinite(std) or std < 0):
+            raise BaselineError(f"{where}: std={row['std']!r} must be a finite, non-negative number with n={n:g}")
+        if n == 1 and row["std"].strip() and not math.isnan(std):
+            raise BaselineError(f"{where}: std={row['std']!r} with n=1 (one seed has no spread; leave it empty)")
+        if row["metric"] not in metrics:
+            raise BaselineError(f"{where}: metric={row['metric']!r} is not a known metric "
+                                f"({', '.join(sorted(metrics))})")
+        if row["metric"] in ACCURACY_METRICS and not (0 <= mean <= 100 and (math.isnan(std) or std <= 100)):
+            raise BaselineError(f"{where}: accuracy {row['metric']} mean={mean:g} std={std:g} is outside "
+                                "0-100 points (mean) or spreads more than 100 points (std)")
+        try:
+            fp = json.loads(row["fingerprint"]) if row["fingerprint"] else None
+        except json.JSONDecodeError as e:
+            raise BaselineError(f"{where}: fingerprint is not JSON ({e})") from None
+        if not isinstance(fp, dict):
+            raise BaselineError(f"{where}: fingerprint must be a JSON object (the protocol the cell was made with)")
+        fps.append(fp)
     for col in ("mean", "std", "n"):
-        df[col] = pd.to_numeric(df[col].replace("", "nan"), errors="coerce")
-    bad = df[df["mean"].isna()]
-    if len(bad):
-        raise BaselineError(f"baseline file {path}: row {int(bad.index[0]) + 2} has no numeric mean")
-    try:
-        df["fingerprint"] = [json.loads(s) if s else {} for s in df["fingerprint"]]
-    except json.JSONDecodeError as e:
-        raise BaselineError(f"baseline file {path}: a fingerprint cell is not JSON ({e})") from None
+        df[col] = [_float(v) for v in df[col]]
+    df["n"] = df["n"].astype(int)
+    df["fingerprint"] = fps
     if df.duplicated(CELL_KEYS).any():
         dup = df[df.duplicated(CELL_KEYS, keep=False)][CELL_KEYS].drop_duplicates().to_dict("records")
         raise BaselineError(f"baseline file {path}: duplicated cells {dup[:3]}")
     return df
 
 
+def _float(s: Any) -> float:
+    try:
+        return float(s) if str(s).strip() else math.nan
+    except ValueError:
+        return math.nan
+
+
 def write_baseline(results: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
-    """Aggregate :func:`collect` output into a baseline CSV (atomic write); returns the written frame."""
-    agg = aggregate(to_cells(results))
+    """Aggregate :func:`collect` output into a baseline CSV (atomic write); returns the written frame.
+
+    Refuses results that could not be a reference: unusable values (NaN, unreadable, missing or stale results)
+    or one cell reproduced under two protocols."""
+    cells = to_cells(results)
+    agg = aggregate(cells)
     if not len(agg):
         raise BaselineError(f"no results to write into baseline {path}")
+    bad = [(cell_name(r), p) for r in agg.to_dict("records") for p in r["invalid"] + r["stale"]]
+    bad += [("result file", m["error"]) for m in cells[cells["marker"].astype(bool)].to_dict("records")]
+    if bad:
+        raise BaselineError(f"cannot write baseline {path}: {len(bad)} results are unusable, e.g. "
+                            f"{bad[0][0]}: {bad[0][1]}")
     dup = agg[agg.duplicated(CELL_KEYS, keep=False)]
     if len(dup):
-        cells = dup[CELL_KEYS].drop_duplicates().to_dict("records")
-        raise BaselineError(f"cannot write baseline {path}: {len(cells)} cells have runs with different protocol "
-                            f"fingerprints (e.g. {cells[0]}); filter the results to one protocol first")
+        cells_ = dup[CELL_KEYS].drop_duplicates().to_dict("records")
+        raise BaselineError(f"cannot write baseline {path}: {len(cells_)} cells have runs with different protocol "
+                            f"fingerprints (e.g. {cells_[0]}); filter the results to one protocol first")
     df = agg[CELL_KEYS + ["mean", "std", "n"]].copy()
     df["seeds"] = [" ".join(s) for s in agg["seeds"]]
     df["fingerprint"] = [json.dumps(fp, sort_keys=True) for fp in agg["fp"]]
@@ -176,78 +244,169 @@ def write_baseline(results: pd.DataFrame, path: str | os.PathLike) -> pd.DataFra
     return df
 
 
-def _reference(reference: str | os.PathLike) -> tuple[str, pd.DataFrame]:
-    """(label, reference frame with CELL_KEYS, mean, std, n, fingerprint or None) for paper or a baseline."""
+def tables_of(benchmarks: list[str] | None) -> set[str] | None:
+    """The cell tables ``--benchmark`` values select (``table2`` includes Fig. 1's finetune cells)."""
+    if not benchmarks:
+        return None
+    return {t for b in benchmarks for t in BENCHMARK_TABLES.get(b, (b,))}
+
+
+def _reference(reference: str | os.PathLike, benchmarks: list[str] | None) -> tuple[str, pd.DataFrame]:
+    """(label, reference cells: CELL_KEYS, mean, std, n, expected_fp, compare_all) for the paper or a baseline."""
     if str(reference) == "paper":
-        p = paper_numbers()
-        p = p[p["protocol"].isin(["linear", "finetune", "train_loss"])].copy()
-        p["dataset"], p["shots"] = "", ""
-        p["mean"], p["std"], p["n"] = p["value"], math.nan, 0
-        p["fingerprint"] = None
-        return "paper", p
-    return f"baseline {reference}", read_baseline(reference)
+        ref = paper_reference(benchmarks)
+        ref["compare_all"] = False  # the paper's protocol names its keys; a run's other fields derive from them
+        return "paper", ref
+    ref = read_baseline(reference)
+    tables = tables_of(benchmarks)
+    if tables is not None:
+        ref = ref[ref["table"].isin(tables)]
+        if not len(ref):
+            raise BaselineError(f"baseline file {reference} has no cells of --benchmark {', '.join(benchmarks)}")
+    ref = ref.rename(columns={"fingerprint": "expected_fp"}).reset_index(drop=True)
+    ref["compare_all"] = True
+    return f"baseline {reference}", ref
 
 
-def check(results: pd.DataFrame, reference: str | os.PathLike = "paper", k: float = 3.0,
-          abs_tol: float | None = None) -> CheckResult:
-    """Compare every reproduced cell of ``results`` (:func:`collect` output) with ``reference``."""
-    if k < 0:
-        raise ValueError(f"k={k} must be >= 0")
-    label, ref = _reference(reference)
-    agg = aggregate(to_cells(results))
+def _noise(ref: pd.DataFrame, is_paper: bool) -> dict[tuple[str, str, str], Noise]:
+    """Noise per (protocol, metric, dataset) of the reference cells: pooled reference seeds, else the floor."""
+    out: dict[tuple[str, str, str], Noise] = {}
+    for rec in ref.to_dict("records"):
+        key = (rec["protocol"], rec["metric"], rec["dataset"])
+        if key in out:
+            continue
+        family = ref[(ref["protocol"] == rec["protocol"]) & (ref["metric"] == rec["metric"])]
+        pool = None if is_paper else pooled(list(family["std"]), list(family["n"]))
+        if pool is not None:
+            sd, df = pool
+            n_cells = int((family["n"] >= 2).sum())
+            out[key] = Noise(sd, df, f"pooled seed spread of {n_cells} reference {rec['protocol']}/{rec['metric']} "
+                                     f"cells")
+        else:
+            f = floor_for(rec["protocol"], rec["metric"], rec["dataset"])
+            out[key] = Noise(f.sd, math.inf, f"floor: {f.source}")
+    return out
+
+
+def check(results: pd.DataFrame, reference: str | os.PathLike = "paper", benchmarks: list[str] | None = None,
+          alpha: float = DEFAULT_ALPHA) -> CheckResult:
+    """Judge every cell of ``reference`` on ``results`` (:func:`collect` output); see the module docstring."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha} must be in (0, 1)")
+    label, ref = _reference(reference, benchmarks)
     is_paper = label == "paper"
-    rows = []
-    ref_keys = set()
+    tables = tables_of(benchmarks)
+    cells = to_cells(results)
+    if tables is not None and len(cells):
+        cells = cells[cells["table"].isin(tables)]
+    agg = aggregate(cells)
+    by_key: dict[tuple, list[dict]] = {}
+    for g in agg.to_dict("records"):
+        by_key.setdefault(tuple(g[c] for c in CELL_KEYS), []).append(g)
+    markers = markers_by_position(cells)
+    noise = _noise(ref, is_paper)
+    m = max(1, len(ref))
+    rows, ref_keys = [], set()
     for rec in ref.to_dict("records"):
         key = {c: rec[c] for c in CELL_KEYS}
         ref_keys.add(tuple(key.values()))
-        sel = pd.Series(True, index=agg.index)
-        for c in CELL_KEYS:
-            sel &= agg[c] == key[c]
-        groups = agg[sel]
-        if is_paper and not len(groups):
-            continue  # the paper prints many cells we never run; only reproduced ones are listed
         row = {**key, "expected": rec["mean"], "expected_std": rec["std"], "expected_n": rec["n"], "got": math.nan,
-               "got_std": math.nan, "got_n": 0, "diff": math.nan, "tolerance": math.nan, "rule": "",
-               "widened": False, "verdict": INCOMPARABLE, "reason": ""}
-        if not len(groups):
-            row["reason"] = "no reproduced result for this baseline cell"
-            rows.append(row)
-            continue
-        expected_fp = paper_protocol(key) if is_paper else rec["fingerprint"]
-        grp, diff = best_group(groups, expected_fp, keys=list(expected_fp) if is_paper else None)
-        row.update(got=grp["mean"], got_std=grp["std"], got_n=grp["n"])
-        if diff:
-            row["reason"] = "protocol fingerprint differs: " + describe_mismatches(diff, "paper" if is_paper
-                                                                                  else "baseline")
-            rows.append(row)
-            continue
-        tol, rule, widened = tolerance(key["metric"], rec["mean"], [grp["std"], rec["std"]], k, abs_tol,
-                                       (grp["n"], int(rec["n"]) if not math.isnan(rec["n"]) else 0))
-        row.update(diff=grp["mean"] - rec["mean"], tolerance=tol, rule=rule, widened=widened,
-                   verdict=_verdict(rec["mean"], grp["mean"], tol, bool(grp["higher_is_better"])))
+               "got_std": math.nan, "got_n": 0, "n_valid": 0, "diff": math.nan, "tolerance": math.nan,
+               "cap": math.nan, "noise": "", "verdict": MISSING, "reason": "", "runs": ""}
         rows.append(row)
-    # reproduced cells the reference does not know: listed, never silently dropped
-    for rec in agg.to_dict("records"):
+        groups = by_key.get(tuple(key.values()), [])
+        broken = markers.get(tuple(key[k] for k in POSITION_KEYS), [])
+        if not groups:
+            row["verdict"] = INVALID if broken else MISSING
+            row["reason"] = ("; ".join(broken) if broken else
+                             "no reproduced result for this reference cell" + _how_to_run(key, is_paper))
+            continue
+        expected = rec["expected_fp"]
+        if expected is None:
+            row.update(verdict=INCOMPARABLE, reason="the reference records no protocol for this cell")
+            continue
+        grp, diff = best_group(groups, expected, keys=None if rec["compare_all"] else list(expected))
+        row.update(got=grp["mean"], got_std=grp["std"], got_n=grp["n"], n_valid=grp["n_valid"],
+                   runs=" ".join(map(str, grp["runs"])))
+        if diff:
+            row.update(verdict=INCOMPARABLE, reason="protocol differs: " + describe_mismatches(
+                diff, "paper" if is_paper else "baseline"))
+        elif broken or grp["invalid"]:
+            row.update(verdict=INVALID, reason="; ".join(broken + grp["invalid"]))
+        elif grp["stale"]:
+            row.update(verdict=STALE, reason="; ".join(grp["stale"]))
+        else:
+            _judge(row, grp, noise[(key["protocol"], key["metric"], key["dataset"])], alpha / m)
+    # reproduced cells the reference does not hold: listed, never silently dropped, never failed
+    for rec in (g for gs in by_key.values() for g in gs):
         key = tuple(rec[c] for c in CELL_KEYS)
         if key in ref_keys:
             continue
         ref_keys.add(key)
         rows.append({**{c: rec[c] for c in CELL_KEYS}, "expected": math.nan, "expected_std": math.nan,
                      "expected_n": 0, "got": rec["mean"], "got_std": rec["std"], "got_n": rec["n"],
-                     "diff": math.nan, "tolerance": math.nan, "rule": "", "widened": False,
-                     "verdict": INCOMPARABLE, "reason": f"no {'paper number' if is_paper else 'baseline cell'} "
-                                                        "for this cell"})
-    return CheckResult(cells=pd.DataFrame(rows, columns=RESULT_COLUMNS), reference=label)
+                     "n_valid": rec["n_valid"], "diff": math.nan, "tolerance": math.nan, "cap": math.nan,
+                     "noise": "", "verdict": UNREFERENCED,
+                     "reason": f"the {'paper prints no number' if is_paper else 'baseline has no cell'} for this cell",
+                     "runs": " ".join(map(str, rec["runs"]))})
+    narrowed = f" (narrowed to --benchmark {', '.join(benchmarks)})" if benchmarks else ""
+    return CheckResult(cells=pd.DataFrame(rows, columns=RESULT_COLUMNS), reference=label, alpha=alpha,
+                       narrowed=narrowed)
 
 
-def check_markdown(result: CheckResult, include: tuple[str, ...] = (REGRESSION, IMPROVEMENT, PASS)) -> str:
-    """Compared cells (and a count of incomparable ones) as a Markdown table."""
-    df = result.cells[result.cells["verdict"].isin(include)]
-    lines = [f"### Regression check ({result.reference})", "", result.message.replace("\n", "  \n"), ""]
+def _judge(row: dict[str, Any], grp: dict[str, Any], noise: Noise, alpha: float) -> None:
+    """Fill a compared cell's difference, tolerance and verdict."""
+    expected, got = float(row["expected"]), float(grp["mean"])
+    floor = floor_for(row["protocol"], row["metric"], row["dataset"])
+    scale = abs(expected) if floor.relative else 1.0
+    sd = noise.sd * scale if math.isinf(noise.df) and floor.relative else noise.sd
+    used = Noise(sd, noise.df, noise.source)
+    tol = tolerance(used, int(grp["n_valid"]), int(row["expected_n"]), alpha)
+    cap = floor.cap * scale
+    d = got - expected
+    better = -d if lower_is_better(row["metric"]) else d
+    identical = math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12)
+    row.update(diff=d, tolerance=tol, cap=cap, noise=f"{used.describe()}; alpha {alpha:.2g} per cell",
+               verdict=verdict(better, tol, cap, identical=identical))
+    if row["verdict"] == INCONCLUSIVE:
+        row["reason"] = (f"the tolerance {tol:.3g} is wider than the smallest difference worth reporting "
+                         f"({cap:.3g}): run more seeds")
+    elif identical:
+        row["reason"] = "identical to the reference"
+
+
+def _how_to_run(key: dict[str, str], is_paper: bool) -> str:
+    if not is_paper:
+        return ""
+    from canbench.reports.reference import grid_of
+
+    try:
+        return f" (run `canbench grid submit {grid_of(key['table'])} --scale paper`)"
+    except StopIteration:
+        return ""
+
+
+def _num(x: float, fmt: str) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def check_markdown(result: CheckResult) -> str:
+    """Every reference cell (compared or not) as a Markdown table, after the summary line."""
+    df = result.cells[result.cells["verdict"] != UNREFERENCED]
+    lines = [f"### Reproduction check ({result.reference})", "", result.summary, ""]
     if len(df):
-        lines += ["| Cell | Expected | Got | Δ | Tolerance (rule) | Verdict |", "|---|---|---|---|---|---|"]
+        lines += ["| Cell | Expected | Got | Δ | Tolerance | Verdict | Why |", "|---|---|---|---|---|---|---|"]
         for r in df.to_dict("records"):
-            lines.append(f"| {_cell_name(r)} | {r['expected']:.4g} | {r['got']:.4g} | {r['diff']:+.3g} | "
-                         f"{r['tolerance']:.3g} ({r['rule']}) | {r['verdict']} |")
+            compared = r["verdict"] in (PASS, REGRESSION, IMPROVEMENT, INCONCLUSIVE)
+            got = "—" if math.isnan(r["got"]) else f"{r['got']:.4g} (n={r['got_n']})"
+            why = (r["noise"] + (f"; {r['reason']}" if r["reason"] else "")) if compared else r["reason"]
+            lines.append(f"| {cell_name(r)} | {_num(r['expected'], '.4g')} | {got} | {_num(r['diff'], '+.3g')} | "
+                         f"{_num(r['tolerance'], '.3g')} | {r['verdict']} | "
+                         f"{textwrap.shorten(why, 300).replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["BASELINE_COLUMNS", "BaselineError", "CheckResult", "DEFAULT_ALPHA", "EXIT_FAIL", "EXIT_OK",
+           "EXIT_USAGE", "IMPROVEMENT", "INCOMPARABLE", "INCONCLUSIVE", "INVALID", "MISSING", "PASS", "REGRESSION",
+           "STALE", "UNREFERENCED", "VERDICTS", "cell_name", "check", "check_markdown", "known_metrics",
+           "read_baseline", "tables_of", "write_baseline"]

@@ -25,8 +25,9 @@ import pandas as pd
 import yaml
 
 from canbench.config import RunRecord, flatten
-from canbench.fingerprint import mismatches
-from canbench.io import read_json
+from canbench.data.identity import identify
+from canbench.fingerprint import mismatches, train_fingerprint
+from canbench.io import file_sha256, read_json
 from canbench.rundir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ RUN_COLUMNS = [
     "variant",
     "pretrain_data", "epochs", "epoch_unit", "max_steps", "batch_size", "img_size", "patch_size",
     "mask_ratio", "l_nce", "lam", "sigma_max", "noise_mode", "paper_arch", "paper_epochs", "grid",
-    "protocol",
+    "recipe", "data_identity", "provenance",
 ]
 EVAL_COLUMNS = RUN_COLUMNS + [
     "suite", "metric", "dataset", "shots", "value", "cell_std", "fingerprint", "checkpoint_step",
-    "code_version",
+    "code_version", "error",
 ]
 PRETRAIN_COLUMNS = RUN_COLUMNS + [
     "steps", "final_loss", "final_infonce", "final_rec", "final_denoise", "flops_forward",
@@ -118,15 +119,11 @@ def _paper_arch(axes: dict) -> str | None:
     return None
 
 
-def run_meta(run: RunDir, cfg: dict, status: dict | None, summary: dict | None) -> dict[str, Any]:
-    """Run-level columns (identity, benchmark, grid axes) from a run's config, status and summary."""
+def config_meta(cfg: dict) -> dict[str, Any]:
+    """The columns a run's config alone decides: identity in its grid, benchmark, recipe and grid axes."""
     rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
     axes = {str(k): v for k, v in (rec.axes or {}).items()}
     return {
-        "run_dir": str(run.path),
-        "run_id": (summary or {}).get("run_id") or rec.run_id or rec.run_name or run.name,
-        "run_name": rec.run_name or run.name,
-        "state": (status or {}).get("state", "unknown"),
         "method": _get(cfg, "method.name"),
         "arch": _get(cfg, "model.arch"),
         "seed": _get(cfg, "train.seed"),
@@ -150,40 +147,82 @@ def run_meta(run: RunDir, cfg: dict, status: dict | None, summary: dict | None) 
         "paper_arch": _paper_arch(axes),
         "paper_epochs": axes.get("optim.epochs"),
         "grid": axes,
-        "protocol": _pretrain_protocol(cfg, rec),
+        "recipe": _jsonable(train_fingerprint(cfg)),
     }
+
+
+def run_meta(run: RunDir, cfg: dict, status: dict | None, summary: dict | None) -> dict[str, Any]:
+    """Run-level columns (identity, benchmark, grid axes, recipe, data identity, provenance) of one run."""
+    rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
+    return {
+        "run_dir": str(run.path),
+        "run_id": (summary or {}).get("run_id") or rec.run_id or rec.run_name or run.name,
+        "run_name": rec.run_name or run.name,
+        "state": (status or {}).get("state", "unknown"),
+        **config_meta(cfg),
+        "data_identity": _jsonable(_data_identity(cfg, summary)),
+        "provenance": _jsonable((summary or {}).get("provenance") or {}),
+    }
+
+
+def _data_identity(cfg: dict, summary: dict | None) -> Any:
+    """What the run trained on: summary.json's identity, else (generated sets) the config's; None: not recorded."""
+    ident = (summary or {}).get("data_identity")
+    if isinstance(ident, dict):
+        return ident
+    dataset = _get(cfg, "data.dataset")
+    if isinstance(dataset, str) and dataset.startswith("builtin"):
+        return identify(dataset, None, _get(cfg, "data.split", "train"),
+                        builtin_version=_get(cfg, "data.builtin_version"), size=_get(cfg, "data.builtin_size"))
+    if dataset in ("digits", "jft"):
+        return identify(dataset, None, _get(cfg, "data.split", "train"))
+    return None
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha(path: Path) -> str | None:
+    """sha256 of a checkpoint file, once per (path, size, mtime) in this process; None when it is missing."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
+def run_checkpoint_sha(run: RunDir, summary: dict | None) -> str | None:
+    """The run's current checkpoint: summary.json's ``checkpoint_sha256``, else the file's own hash."""
+    sha = (summary or {}).get("checkpoint_sha256")
+    return sha if isinstance(sha, str) else _sha(run.last_checkpoint)
+
+
+def stale_reason(run: RunDir, res: dict, suite: str, run_sha: str | None) -> str | None:
+    """Why an evaluation result does not belong to the run's current checkpoint (None when it does)."""
+    made_from = (res.get("checkpoint") or {}).get("sha256")
+    if suite == "shift" and run.finetuned_path.is_file():
+        current = _sha(run.finetuned_path)
+        if made_from and current and made_from != current:
+            return (f"stale: made from the classifier {made_from[:12]}, the run's finetune/finetuned.pt is "
+                    f"{current[:12]}; rerun `canbench evaluate shift --checkpoint {run.path}`")
+        source = _read(run.finetuned_path.parent / "source.json", "json") or {}
+        pre = (source.get("pretrained") or {}).get("sha256")
+        if run_sha and pre and pre != run_sha:
+            return (f"stale: the classifier was finetuned from checkpoint {pre[:12]}, the run's checkpoint is "
+                    f"{run_sha[:12]}; rerun `canbench evaluate finetune shift --checkpoint {run.path} --force`")
+        return None
+    if run_sha and made_from and made_from != run_sha:
+        return (f"stale: made from checkpoint {made_from[:12]}, the run's checkpoint is now {run_sha[:12]}; "
+                f"rerun `canbench evaluate {suite} --checkpoint {run.path}`")
+    return None
 
 
 def _jsonable(obj: Any) -> Any:
     """A plain JSON round-trip copy (tuples -> lists), so values compare equal after CSV storage."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _pretrain_protocol(cfg: dict, rec: RunRecord | None = None) -> dict[str, Any]:
-    """Pretraining fields that decide comparability (``pretrain.*``): scale, data, model, method."""
-    if rec is None:
-        rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
-    fields = {
-        "pretrain.arch": _get(cfg, "model.arch"),
-        "pretrain.data": normalize_dataset(rec.pretrain_data or _get(cfg, "data.dataset")),
-        "pretrain.epochs": _get(cfg, "optim.epochs"),
-        "pretrain.epoch_unit": _get(cfg, "optim.epoch_unit", "dataset"),
-        "pretrain.max_steps": _get(cfg, "optim.max_steps"),
-        "pretrain.batch_size": _get(cfg, "optim.batch_size"),
-        "pretrain.img_size": _get(cfg, "model.img_size"),
-        "pretrain.patch_size": _get(cfg, "model.patch_size"),
-        "pretrain.pool": _get(cfg, "model.pool"),
-        "pretrain.augment": _get(cfg, "data.augment"),
-        "pretrain.mask_ratio": _get(cfg, "method.mask_ratio"),
-        "pretrain.l_nce": _get(cfg, "method.l_nce"),
-        "pretrain.lam": _get(cfg, "method.lam"),
-        "pretrain.sigma_max": _get(cfg, "method.sigma_max"),
-        "pretrain.noise_mode": _get(cfg, "method.noise_mode"),
-        "pretrain.norm_pix_loss": _get(cfg, "method.norm_pix_loss"),
-    }
-    if fields["pretrain.data"] == "builtin":  # runs made before versions were recorded: "unrecorded"
-        fields["pretrain.data_version"] = _get(cfg, "data.builtin_version") or "unrecorded"
-    return _jsonable(fields)
 
 
 def iter_runs(root: str | os.PathLike) -> Iterator[tuple[RunDir, dict, dict | None, dict | None]]:
@@ -280,20 +319,35 @@ def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFr
     rows: list[dict[str, Any]] = []
     for run, cfg, status, summary in iter_runs(root):
         meta = run_meta(run, cfg, status, summary)
+        run_sha = run_checkpoint_sha(run, summary)
+        seen = set()
         for path in run.result_paths():
+            seen.add(path.stem)
             res = _read(path, "json")
-            if res is None:
-                continue
-            metrics = res.get("metrics")
-            if not isinstance(metrics, dict):
-                log.warning("skipping %s: no 'metrics' mapping", path)
+            metrics = res.get("metrics") if res is not None else None
+            if not isinstance(metrics, dict):  # torn or unreadable: a failure of its cells, never a smaller n
+                rows.append(_marker(meta, path.stem, f"unreadable result {path}"))
                 continue
             fp = res.get("fingerprint") if isinstance(res.get("fingerprint"), dict) else {}
             ckpt = res.get("checkpoint") if isinstance(res.get("checkpoint"), dict) else {}
             suite = res.get("suite") or path.stem
+            stale = stale_reason(run, res, suite, run_sha)
             for cell in _metric_rows(metrics):
                 rows.append({**meta, "suite": suite, **cell, "fingerprint": _jsonable(fp),
-                             "checkpoint_step": ckpt.get("step"), "code_version": fp.get("code_version")})
+                             "checkpoint_step": ckpt.get("step"), "code_version": fp.get("code_version"),
+                             "error": stale})
+        suites = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {},
+                                     strict=False).suites or []
+        state = (status or {}).get("state")
+        if state in ("done", "failed"):
+            for suite in suites:
+                if suite in seen:
+                    continue
+                if state == "done":  # the run finished its suites, yet this result is gone
+                    rows.append(_marker(meta, suite, f"missing result {run.result_path(suite)}"))
+                else:
+                    rows.append(_marker(meta, suite, f"the run failed before this result: "
+                                                     f"{(status or {}).get('reason') or 'no reason recorded'}"))
         if include_pretrain and summary is not None:
             final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
             fp = summary.get("fingerprint") if isinstance(summary.get("fingerprint"), dict) else {}
@@ -303,8 +357,15 @@ def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFr
                     rows.append({**meta, "suite": "pretrain", "metric": key, "dataset": None, "shots": None,
                                  "value": value, "cell_std": math.nan, "fingerprint": _jsonable(fp),
                                  "checkpoint_step": summary.get("steps"),
-                                 "code_version": fp.get("code_version")})
+                                 "code_version": fp.get("code_version"), "error": None})
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+
+def _marker(meta: dict[str, Any], suite: str, error: str) -> dict[str, Any]:
+    """A row that stands for every cell of ``suite`` of this run: its result could not be read."""
+    log.warning("%s: %s", meta["run_dir"], error)
+    return {**meta, "suite": suite, "metric": None, "dataset": None, "shots": None, "value": math.nan,
+            "cell_std": math.nan, "fingerprint": {}, "checkpoint_step": None, "code_version": None, "error": error}
 
 
 def collect_pretrain(root: str | os.PathLike) -> pd.DataFrame:

@@ -25,8 +25,8 @@ from canbench.fingerprint import code_version  # noqa: E402
 from canbench.io import atomic_path  # noqa: E402
 from canbench.reports import figures  # noqa: E402
 from canbench.reports.cells import aggregate, to_cells  # noqa: E402
-from canbench.reports.check import IMPROVEMENT, REGRESSION, CheckResult  # noqa: E402
-from canbench.reports.claims import evaluate_claims  # noqa: E402
+from canbench.reports.check import UNREFERENCED, CheckResult, cell_name, describe  # noqa: E402
+from canbench.reports.claims import VERDICT_ORDER, evaluate_claims, n_text  # noqa: E402
 from canbench.reports.collect import collect, collect_pretrain, loss_curves  # noqa: E402
 from canbench.reports.tables import TableView, build_views, to_text  # noqa: E402
 
@@ -150,15 +150,11 @@ def _incomparable_lines(views: list[TableView]) -> list[str]:
 
 
 def _check_lines(result: CheckResult) -> list[str]:
-    lines = result.message.splitlines() + [""]
-    df = result.cells[result.cells["verdict"].isin([REGRESSION, IMPROVEMENT])]
-    if not len(df):
-        lines.append("no regressions or improvements beyond tolerance")
+    """The summary line, then every reference cell: compared ones with their numbers, others with the reason."""
+    lines = _wrap(result.summary, WIDTH, "    ") + [""]
+    df = result.cells[result.cells["verdict"] != UNREFERENCED]
     for r in df.to_dict("records"):
-        name = "/".join(str(r[k]) for k in ("table", "method", "arch", "protocol", "metric", "variant", "dataset",
-                                            "shots") if r[k])
-        lines += _wrap(f"{r['verdict'].upper():12s} {name}: expected {r['expected']:.4g}, got {r['got']:.4g}, "
-                       f"diff {r['diff']:+.3g}, tolerance {r['tolerance']:.3g} ({r['rule']})", WIDTH, "             ")
+        lines += _wrap(f"{r['verdict'].upper():12s} {cell_name(r)}: {describe(r)}", WIDTH, "             ")
     return lines
 
 
@@ -208,16 +204,24 @@ def build_report(results_root: str | os.PathLike, out_pdf: str | os.PathLike, be
             if benchmark is None or benchmark not in SECTION_ORDER:
                 _save(pdf, figures.fig_accuracy_vs_compute(results, pretrain))
             claims = evaluate_claims(results, pretrain, flops_table)
-            lines = []
+            counts = {v: sum(c.verdict == v for c in claims) for v in VERDICT_ORDER}
+            lines = _wrap(", ".join(f"{n} {v}" for v, n in counts.items()) + ". Each verdict is per (scale, "
+                          "fingerprint) group; 'inconclusive': the difference is inside the noise.", WIDTH, "") + [""]
             for c in claims:
                 lines += _wrap(f"[{c.verdict.upper()}] {c.statement} ({c.source})", WIDTH, "    ")
+                if c.n:
+                    lines += _wrap(f"    n:       {n_text(c)}", WIDTH, "             ")
                 lines += _wrap(f"    numbers: {c.evidence}", WIDTH, "             ")
+                if c.noise:
+                    lines += _wrap(f"    noise:   {c.noise}", WIDTH, "             ")
+                if c.paper:
+                    lines += _wrap(f"    paper:   {c.paper}", WIDTH, "             ")
                 if c.scale:
                     lines += _wrap(f"    scale:   {c.scale}", WIDTH, "             ")
                 lines.append("")
             text_pages(pdf, "Claims scorecard", lines)
             if check_result is not None:
-                text_pages(pdf, f"Regression check against {check_result.reference}", _check_lines(check_result))
+                text_pages(pdf, f"Reproduction check against {check_result.reference}", _check_lines(check_result))
             text_pages(pdf, "Cells not compared with the paper", _incomparable_lines(all_views))
             info = pdf.infodict()
             info["Title"] = title

@@ -17,6 +17,8 @@ import numpy as np
 import yaml
 
 from canbench.config import RunRecord
+from canbench.data.identity import declared_identity, full_identity, identify
+from canbench.evaluation.recipes import paper_recipe
 from canbench.methods import METHODS
 from canbench.rundir import RunDir
 
@@ -25,6 +27,7 @@ SMOKE = dict(arch="vit_micro", dataset="builtin", epochs=1.0, max_steps=20, batc
              patch_size=4)
 PAPER = dict(arch="vit_base", dataset="imagenet", epochs=100.0, max_steps=None, batch_size=4096, img_size=224,
              patch_size=16)
+CHECKPOINT_SHA = "0" * 64  # the run's (absent) checkpoint, as summary.json and every result name it
 ENV = {"code_version": "synthetic", "torch": "2.4.0", "torchvision": "0.19.0", "timm": "1.0.9",
        "device_type": "cpu", "device_count": 1, "device_name": "cpu"}
 
@@ -104,11 +107,49 @@ def write_run(root: str | os.PathLike, name: str, method: str, *, seed: int = 0,
         _json(run.summary_path, {
             "run_id": ex["run_id"], "method": method, "arch": scale["arch"], "steps": steps, "final": final,
             "flops_per_image": {"forward": fwd, "train": train}, "img_per_s": img_per_s, "gpu_hours": gpu_hours,
-            "device_hours": gpu_hours, "peak_mem_bytes": 2**30, "fingerprint": {"precision": "fp32", **ENV}})
+            "device_hours": gpu_hours, "peak_mem_bytes": 2**30, "fingerprint": {"precision": "fp32", **ENV},
+            "checkpoint_sha256": CHECKPOINT_SHA, "data_identity": identify(
+                scale["dataset"], None, "train", builtin_version=None, size=None)})
     for suite, metrics in (evals or {}).items():
         _json(run.result_path(suite), {
             "suite": suite, "metrics": metrics, "fingerprint": eval_fp or eval_fingerprint(scale, suite),
-            "checkpoint": {"path": str(run.last_checkpoint), "sha256": "0" * 64, "step": steps},
+            "checkpoint": {"path": str(run.last_checkpoint), "sha256": CHECKPOINT_SHA, "step": steps},
+            "created": "2024-01-01T00:00:00"})
+    return run.path
+
+
+def write_paper_run(root: str | os.PathLike, grid: str, name: str, *, seed: int = 0,
+                    evals: dict[str, dict] | None = None, final: dict[str, float] | None = None,
+                    set_: list[str] | None = None, folder: str | None = None) -> Path:
+    """A run of paper grid ``grid`` at ``--scale paper`` (its real resolved config; ``set_``: ``--set`` items) with
+    made-up results recorded exactly as a run on complete ImageNet-1k (or declared JFT-300M) writes them: the
+    paper's evaluation recipe, complete IN-1K train/val identities. ``name``: the grid run name without its seed
+    (``can-noisefull``)."""
+    from canbench.reports.reference import eval_data_identity
+    from canbench.slurm.grid import expand
+    from canbench.slurm.spec import GRID_DIR, load_spec
+
+    spec = load_spec(GRID_DIR / "paper" / f"{grid}.yaml")
+    runs = {r.name.rsplit("-s", 1)[0]: r for r in expand(spec, "paper", set_, check_paths=False,
+                                                          world_size=spec.resources("paper").world_size)}
+    if name not in runs:
+        raise KeyError(f"grid {grid} has no run {name!r} at paper scale (runs: {', '.join(runs)})")
+    cfg = runs[name].cfg.to_dict()
+    cfg["train"]["seed"] = seed
+    cfg["extra"].update(run_name=f"{name}-s{seed}", run_id=f"synthetic-{name}-s{seed}", synthetic=True)
+    run = RunDir(Path(root) / (folder or f"{name}-s{seed}"))
+    _write(run.config_path, yaml.safe_dump(cfg, sort_keys=False))
+    _json(run.status_path, {"state": "done", "reason": None, "step": 1000, "job_ids": ["1"]})
+    ident = (declared_identity("jft", "train") if cfg["data"]["dataset"] == "jft"
+             else full_identity("imagenet-1k", "train"))
+    _json(run.summary_path, {"run_id": cfg["extra"]["run_id"], "method": cfg["method"]["name"],
+                             "arch": cfg["model"]["arch"], "steps": 1000, "final": final or {"loss": 1.0},
+                             "fingerprint": dict(ENV), "checkpoint_sha256": CHECKPOINT_SHA, "data_identity": ident})
+    for suite, metrics in (evals or {}).items():
+        fp = {"eval_config": paper_recipe(suite), "eval_data": eval_data_identity(), "dataset": "imagenet", **ENV}
+        _json(run.result_path(suite), {
+            "suite": suite, "metrics": metrics, "fingerprint": fp,
+            "checkpoint": {"path": str(run.last_checkpoint), "sha256": CHECKPOINT_SHA, "step": 1000},
             "created": "2024-01-01T00:00:00"})
     return run.path
 

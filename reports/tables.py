@@ -1,8 +1,9 @@
 """The paper's Tables 1-5 in the paper's shape: paper value, reproduced mean ± std (n), difference.
 
 A reproduced cell is compared with the paper only when its protocol fingerprint matches the
-paper's protocol (:func:`canbench.reports.cells.paper_protocol`); otherwise the difference column
-says "n/c" with a footnote naming the fields that differ. Formats: Markdown, CSV (long form, one
+paper's protocol (:func:`canbench.reports.reference.expected_fingerprint`); otherwise the difference column
+says "n/c" with a footnote naming the keys that differ, their values and the paper's. Table 2 carries Fig. 1's
+finetune numbers of the same models in a second column. Formats: Markdown, CSV (long form, one
 line per cell, every number) and LaTeX.
 """
 
@@ -22,10 +23,10 @@ from canbench.reports.cells import (
     aggregate,
     best_group,
     describe_mismatches,
-    paper_protocol,
     to_cells,
 )
 from canbench.reports.paper import paper_numbers
+from canbench.reports.reference import expected_fingerprint
 
 TITLES = {
     "table1": "Table 1: denoising ablation (CAN, ViT-B, 100 ep, IN-1K, linear probe top-1 %)",
@@ -41,7 +42,9 @@ SHAPES: dict[str, tuple[list[str], list[tuple[str, dict[str, str]]]]] = {
         ("+noise", {"protocol": "linear", "metric": "top1", "variant": "augment_only"}),
         ("+noise, +loss", {"protocol": "linear", "metric": "top1", "variant": "loss_without_sigma_embedding"}),
         ("Full", {"protocol": "linear", "metric": "top1", "variant": "full"})]),
-    "table2": (["method", "arch", "epochs"], [("IN-1K top-1", {"protocol": "linear", "metric": "top1"})]),
+    "table2": (["method", "arch", "epochs"], [("IN-1K linear top-1", {"protocol": "linear", "metric": "top1"}),
+                                              ("Finetune (Fig. 1)", {"table": "fig1", "protocol": "finetune",
+                                                                     "metric": "top1"})]),
     "table3": (["method", "arch", "epochs"], [("Finetune", {"protocol": "finetune", "metric": "top1"}),
                                               ("Linear probe", {"protocol": "linear", "metric": "top1"})]),
     "table4": (["method"], [("Contrastive loss", {"protocol": "train_loss", "metric": "contrastive_loss"}),
@@ -130,8 +133,10 @@ def build_table(table: str, agg: pd.DataFrame, paper: pd.DataFrame | None = None
         raise ValueError(f"unknown table {table!r}; expected one of {sorted(SHAPES)}")
     paper = paper_numbers() if paper is None else paper
     row_fields, columns = SHAPES[table]
-    pap = paper[paper["table"] == table]
-    rep = agg[agg["table"] == table] if len(agg) else agg
+    columns = [(label, {"table": table, **match}) for label, match in columns]
+    tables = {match["table"] for _, match in columns}
+    pap = paper[paper["table"].isin(tables)]
+    rep = agg[agg["table"].isin(tables)] if len(agg) else agg
 
     def in_columns(df: pd.DataFrame) -> pd.DataFrame:
         keep = pd.Series(False, index=df.index)
@@ -197,13 +202,19 @@ def _cell(table: str, row: str, column: str, match: dict, key_base: dict, p_rows
     if not len(r_rows):
         c["status"] = "not run" if paper_val is not None else "empty"
         return c
-    expected = paper_protocol(key) if paper_val is not None else None
+    expected = expected_fingerprint(key) if paper_val is not None else None
     grp, diff = best_group(r_rows, expected, keys=list(expected) if expected else None)
-    c.update(mean=grp["mean"], std=grp["std"], n=grp["n"], runs=" ".join(map(str, grp["runs"])))
-    c["_repro_txt"] = fmt_mean_std(grp["mean"], grp["std"], grp["n"], metric)
+    c.update(mean=grp["mean"], std=grp["std"], n=grp["n_valid"], runs=" ".join(map(str, grp["runs"])))
+    c["_repro_txt"] = fmt_mean_std(grp["mean"], grp["std"], grp["n_valid"], metric)
     if len(r_rows) > 1:
         c["_repro_txt"] += " " + notes.ref(f"{len(r_rows)} reproductions of one cell with different protocol "
                                            "fingerprints; the one closest to the paper's protocol is shown")
+    unusable = grp["invalid"] + grp["stale"]
+    if unusable:  # shown, never compared: a NaN seed or a stale result is not a smaller n
+        c["status"] = "stale" if grp["stale"] and not grp["invalid"] else "invalid"
+        c["reason"] = f"{len(unusable)} of {grp['n']} results unusable: " + "; ".join(unusable)
+        c["_diff_txt"] = f"{c['status']} " + notes.ref(c["reason"])
+        return c
     if paper_val is None:
         c["status"], c["reason"] = "no paper number", "the paper prints no number for this cell"
     elif diff:

@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict
+from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict, yaml_numbers
+from canbench.evaluation.recipes import validate_settings
 from canbench.methods import METHODS
 from canbench.train.recipe import PRESET_DIR, build_config
 
@@ -141,7 +142,14 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
     """
     prof = spec.profile(scale)
     cfg_overrides, _ = split_overrides(overrides or [])
+    eval_items = [t for t in cfg_overrides if t.split("=", 1)[0].strip().startswith("eval.")]
+    cfg_overrides = [t for t in cfg_overrides if t not in eval_items]
+    for text in cfg_overrides:
+        if text.split("=", 1)[0].strip().startswith("extra."):
+            raise GridError(f"grid {spec.name!r}: --set {text.split('=', 1)[0].strip()}: the run record (extra) is "
+                            "written by the grid; evaluation settings are set with --set eval.SECTION.KEY=VALUE")
     cli = overrides_to_dict(cfg_overrides) if cfg_overrides else {}
+    cli_eval = overrides_to_dict(eval_items)["eval"] if eval_items else {}
     axis_keys = group_keys({"union": spec.axes}) if spec.axes else set()
     for text in cfg_overrides:
         k = text.split("=", 1)[0].strip()
@@ -155,7 +163,11 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
     methods = spec.methods or [None]
     seeds = prof.get("seeds", spec.seeds)
     presets = prof.get("presets") or {}
-    eval_settings = deep_merge(nest(spec.eval), nest(prof.get("eval") or {}))
+    eval_settings = deep_merge(deep_merge(nest(spec.eval), nest(prof.get("eval") or {})), cli_eval)
+    try:
+        validate_settings(yaml_numbers(copy.deepcopy(eval_settings)), "evaluation setting")
+    except ConfigError as exc:
+        raise GridError(f"grid {spec.name!r}, scale {scale!r}: eval: {exc}") from None
     runs: list[Run] = []
     trained: dict[str, str] = {}  # training-config hash -> run name (dedup of shared points)
     names: set[str] = set()

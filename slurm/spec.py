@@ -145,6 +145,21 @@ def check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
     return d
 
 
+GRID_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"  # the packaged grid specs
+
+
+def resolve_spec_path(spec: str) -> Path:
+    """A YAML path, or the name of a packaged spec (``smoke``, ``fig6_masking_rate``)."""
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    for cand in (GRID_DIR / f"{spec}.yaml", GRID_DIR / "paper" / f"{spec}.yaml"):
+        if cand.is_file():
+            return cand
+    names = sorted(x.stem for x in list(GRID_DIR.glob("*.yaml")) + list(GRID_DIR.glob("paper/*.yaml")))
+    raise FileNotFoundError(f"grid spec {spec!r} is neither a file nor a packaged spec ({', '.join(names)})")
+
+
 def load_spec(path: str | Path) -> GridSpec:
     """Parse and structurally check a grid YAML (yaml.safe_load)."""
     p = Path(path)
@@ -308,6 +323,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
     return cfg_items, res
 
 
-__all__ = ["BENCHMARKS", "GridError", "GridSpec", "PROFILE_KEYS", "RESOURCE_DEFAULTS", "RESOURCE_PREFIXES",
+__all__ = ["BENCHMARKS", "GRID_DIR", "GridError", "GridSpec", "PROFILE_KEYS", "RESOURCE_DEFAULTS", "RESOURCE_PREFIXES",
            "Resources", "SCALES", "SPECIAL_AXES", "SPEC_KEYS", "SUITES", "check_keys", "closest", "deep_merge",
-           "group_keys", "load_spec", "nest", "parse_spec", "split_overrides"]
+           "group_keys", "load_spec", "nest", "parse_spec", "resolve_spec_path", "split_overrides"]

@@ -18,7 +18,7 @@ PACKAGES = {"canbench": "canbench", "canbench.cli": "canbench/cli", "canbench.da
             "canbench.slurm": "slurm", "canbench.reports": "reports", "canbench.benchmarks": "benchmarks"}
 # lower layers never import higher ones; packages in one layer never import each other
 LAYERS = [["canbench"], ["canbench.data", "canbench.methods"], ["canbench.train"], ["canbench.evaluation"],
-          ["canbench.slurm", "canbench.reports"], ["canbench.benchmarks"], ["canbench.cli"]]
+          ["canbench.slurm"], ["canbench.reports"], ["canbench.benchmarks"], ["canbench.cli"]]
 MAX_LINES = 500
 
 

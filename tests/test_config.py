@@ -98,13 +98,13 @@ def test_builtin_data_version_is_recorded_and_enforced():
         build_config("can", "smoke", [f"data.builtin_version={BUILTIN_VERSION - 1}"])
     with pytest.raises(ConfigError, match=r"data.builtin_version=.* is set, but data.dataset='digits'"):
         build_config("can", "smoke", ["data.dataset=digits", f"data.builtin_version={BUILTIN_VERSION}"])
-    # a run's protocol fingerprint carries the version; configs written before it existed read "unrecorded"
-    from canbench.reports.collect import _pretrain_protocol
+    # a run's recipe fingerprint carries the version; a config written before it existed reads "not recorded"
+    from canbench.fingerprint import train_fingerprint
 
     d = cfg.to_dict()
-    assert _pretrain_protocol(d)["pretrain.data_version"] == BUILTIN_VERSION
+    assert train_fingerprint(d)["data.builtin_version"] == BUILTIN_VERSION
     d["data"].pop("builtin_version")
-    assert _pretrain_protocol(d)["pretrain.data_version"] == "unrecorded"
+    assert "data.builtin_version" in train_fingerprint(d) and train_fingerprint(d)["data.builtin_version"] is None
 
 
 def test_exponent_floats_parse_as_numbers():

@@ -78,5 +78,5 @@ def test_paper_flops_table_checks_the_vit_l_claim() -> None:
     table = paper_flops_table()
     assert set(table["method"]) == {"can", "simclr"} and set(table["arch"]) == {"vit_large"}
     c = claim_flops(None, table)
-    assert c.verdict == HOLDS and abs(c.numbers["ratios"]["vit_large"] - 1.72) < 0.02
-    assert "meta device" in c.scale
+    assert c.verdict == HOLDS and abs(c.numbers["table_ratios"]["vit_large"] - 1.72) < 0.02
+    assert "meta device" in c.scale and "meta device" in c.evidence

@@ -130,3 +130,57 @@ def test_compiled_engine_matches_eager(tiny_overrides, tmp_path):
     assert set(co) == set(ea) and not any("_orig_mod" in k for k in co)
     for k in ea:  # AdamW divides by sqrt(v): float-rounding differences in near-zero gradients show up
         torch.testing.assert_close(co[k], ea[k], atol=1e-4, rtol=1e-3)  # as up to ~lr-sized weight changes
+
+
+def _lines(run) -> list[dict]:
+    """metrics.jsonl without the timing fields."""
+    return [{k: v for k, v in json.loads(x).items() if k not in ("time", "img_per_s")}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resume_between_log_lines_logs_what_an_uninterrupted_run_logs(tiny_overrides, tmp_path):
+    """Preemption checkpoints land on any step: the window since the last log line and the final-loss window
+    travel in the checkpoint, so the resumed run's lines and final losses equal the uninterrupted run's."""
+    cfg = _cfg("can", tiny_overrides, "optim.max_steps=40", "optim.epochs=5", "train.log_every=5",
+               "train.ckpt_every=38")
+    full, part = tmp_path / "full", tmp_path / "part"
+    a = pretrain(cfg, full)
+    assert a["final_window"] == {"from_step": 37, "to_step": 40}  # the last tenth of 40 steps
+    # stop after step 39: the last checkpoint is step 38, inside both the 36-40 log window and the final window
+    Trainer(cfg, part, stop=lambda t: t.step >= 39).fit()
+    assert checkpoint.load(part)["step"] == 38
+    b = pretrain(cfg, part, resume=True)
+    assert _lines(full) == _lines(part) and [r["step"] for r in _lines(part)] == list(range(5, 41, 5))
+    assert a["final"] == b["final"] and set(a["final"]) == {"loss", "infonce", "rec", "denoise"}
+
+
+def test_final_losses_are_the_mean_of_the_last_tenth_of_the_steps(tiny_overrides, tmp_path):
+    cfg = _cfg("mae", tiny_overrides, "optim.max_steps=20", "optim.epochs=3", "train.log_every=1")
+    summary = pretrain(cfg, tmp_path)
+    rows = _lines(tmp_path)  # log_every=1: one line per step, each the step's own value
+    assert summary["final_window"] == {"from_step": 19, "to_step": 20}
+    expect = sum(r["loss"] for r in rows[-2:]) / 2
+    assert summary["final"]["loss"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_summary_records_provenance_identity_and_the_checkpoint_it_belongs_to(tiny_overrides, tmp_path):
+    from canbench.io import file_sha256
+
+    summary = pretrain(_cfg("can", tiny_overrides), tmp_path)
+    prov = summary["provenance"]
+    # batch 8 on one process, no accumulation: each anchor sees the other 2 x 8 - 2 views as negatives
+    assert (prov["world_size"], prov["per_device_batch"], prov["accum_steps"], prov["total_batch"]) == (1, 8, 1, 8)
+    assert prov["negatives_per_anchor"] == 14 and prov["checkpoint_step"] == 6 and "commit" in prov
+    assert summary["data_identity"] == {"name": "builtin", "split": "train", "version": 2, "size": 64}
+    assert summary["checkpoint_sha256"] == file_sha256(tmp_path / "checkpoints" / "last.pt")
+    # a fresh start (not a resume) removes what the previous run left, so its results are never filed under it
+    (tmp_path / "checkpoints" / "last.pt").unlink()
+    Trainer(_cfg("can", tiny_overrides), tmp_path, stop=lambda t: t.step >= 1).fit(resume=False)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "encoder.pt").exists()
+
+
+def test_accumulation_divides_the_negatives(tiny_overrides, tmp_path):
+    prov = pretrain(_cfg("simclr", tiny_overrides, "optim.accum_steps=2", "optim.max_steps=1"), tmp_path)["provenance"]
+    assert (prov["per_device_batch"], prov["negatives_per_anchor"]) == (4, 6)
+    prov = pretrain(_cfg("mae", tiny_overrides, "optim.max_steps=1"), tmp_path / "mae")["provenance"]
+    assert prov["negatives_per_anchor"] is None

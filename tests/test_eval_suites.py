@@ -14,6 +14,7 @@ from PIL import Image
 from canbench.config import ConfigError
 from canbench.evaluation import context, external, runner, source, splits, suites
 from canbench.evaluation import recipes as P
+from canbench.evaluation.presets import resolve_preset
 from canbench.train.recipe import build_config, scale_of
 
 TINY_PRETRAIN = ["model.img_size=16", "model.patch_size=4", "model.decoder_dim=32", "model.decoder_depth=1",
@@ -47,22 +48,23 @@ def test_settings_layering_and_unknown_keys():
         P.parse_overrides(["fewshot.head=svm"])
     with pytest.raises(ConfigError, match="fewshot.shots: expected a list"):
         P.parse_overrides(["fewshot.shots=5"])
-    assert P.fingerprint_config({"k": 3, "batch_size": 9, "num_workers": 2, "roots": {}}) == {"k": 3}
+    assert P.recipe_fingerprint("knn", {"k": 3, "batch_size": 9, "num_workers": 2}) == {"k": 3}
+    assert P.recipe_fingerprint("linear", {"batch_size": 9, "eval_batch_size": 4}) == {"batch_size": 9}
 
 
 def test_preset_resolution(tmp_path):
-    assert P.resolve_preset("smoke").profile == "smoke" and P.resolve_preset("mae").scale == "paper"
-    pre = P.resolve_preset("vit_b_in1k")  # a pretraining preset: its scale, model and data sections
+    assert resolve_preset("smoke").profile == "smoke" and resolve_preset("mae").scale == "paper"
+    pre = resolve_preset("vit_b_in1k")  # a pretraining preset: its scale, model and data sections
     assert pre.scale == "paper" and pre.model["arch"] == "vit_base" and pre.data["dataset"] == "imagefolder"
     f = tmp_path / "my_eval.yaml"
     f.write_text("scale: small\nlinear: {epochs: 10}\nfewshot: {datasets: [digits]}\n")
-    pre = P.resolve_preset(str(f))
+    pre = resolve_preset(str(f))
     assert pre.profile == "small" and pre.settings == {"linear": {"epochs": 10}, "fewshot": {"datasets": ["digits"]}}
     f.write_text("scale: small\nlinear: {epochz: 10}\n")
     with pytest.raises(ConfigError, match="linear.epochz"):
-        P.resolve_preset(str(f))
+        resolve_preset(str(f))
     with pytest.raises(ConfigError, match="not an evaluation profile"):
-        P.resolve_preset("no_such_preset")
+        resolve_preset("no_such_preset")
 
 
 def test_expand_suites_and_scale_of():

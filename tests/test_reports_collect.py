@@ -52,7 +52,8 @@ def test_collect_one_row_per_metric_cell(store):
     assert row.mask_ratio == 0.25 and row.l_nce == 0.03 and row.pretrain_data == "builtin"
     assert row.grid == {"method": "can", "method.mask_ratio": 0.25, "variant": "m25"} and row.variant == "m25"
     assert row.fingerprint["pooling"] == "avg" and row.fingerprint["dataset"] == "builtin"
-    assert row.protocol["pretrain.arch"] == "vit_micro" and row.protocol["pretrain.max_steps"] == 20
+    assert row.recipe["model.arch"] == "vit_micro" and row.recipe["optim.max_steps"] == 20
+    assert row.data_identity == {"name": "builtin", "split": "train", "version": None, "size": None}
     assert row.checkpoint_step == 20
 
 
@@ -88,7 +89,12 @@ def test_torn_files_are_skipped_with_a_warning(tmp_path, caplog):
         df = collect(tmp_path)
         pre = collect_pretrain(tmp_path)
         curves = loss_curves(tmp_path)
-    assert set(zip(df.run_name, df.suite)) == {("ok", "linear")}  # torn knn and torn run gone, no pretrain rows
+    # the torn run is gone (no config: nothing says what it was); the torn knn result stays as a marker row
+    # that fails its cells downstream, never a silently smaller n
+    assert set(zip(df.run_name, df.suite)) == {("ok", "linear"), ("ok", "knn")}
+    marker = df[df.suite == "knn"].iloc[0]
+    assert marker.error.startswith("unreadable result") and str(ok / "eval" / "knn.json") in marker.error
+    assert df[df.suite == "linear"].error.isna().all()
     assert len(pre) == 0 and len(curves) == 5 and 99 not in set(curves.step)
     text = caplog.text
     assert str(ok / "eval" / "knn.json") in text and str(torn) in text and "summary.json" in text

@@ -7,9 +7,10 @@ import io
 import pandas as pd
 import pytest
 
+from canbench.io import read_json, write_json
 from canbench.reports.cells import ablation_label, aggregate, cell_key, to_cells
 from canbench.reports.collect import collect
-from canbench.reports.synthetic import PAPER, eval_fingerprint, write_run
+from canbench.reports.synthetic import write_paper_run, write_run
 from canbench.reports.tables import build_table, build_views, render, to_text
 
 
@@ -39,10 +40,14 @@ def test_cell_key_mapping():
     assert (kx["table"], kx["variant"], kx["arch"]) == ("unassigned", "mine", "vit_micro")
 
 
-def _paper_t5(root, values, label_cfg=None, eval_fp=None):
+def _paper_t5(root, values, edit=None):
+    """Table 5's AN cell made with the paper's whole recipe (``edit`` changes each result's fingerprint)."""
     for s, v in enumerate(values):
-        write_run(root, f"an{s}", "can", seed=s, benchmark="table5", scale=PAPER,
-                  method_cfg=label_cfg or {"l_nce": 0.0}, evals={"linear": {"top1": v}}, eval_fp=eval_fp)
+        run = write_paper_run(root, "table5_ablation", "can-AN", seed=s, evals={"linear": {"top1": v}})
+        if edit is not None:
+            res = read_json(run / "eval" / "linear.json")
+            edit(res["fingerprint"])
+            write_json(run / "eval" / "linear.json", res)
     return collect(root)
 
 
@@ -56,13 +61,23 @@ def test_paper_scale_cell_is_compared(tmp_path):
 
 
 def test_protocol_mismatch_is_marked_not_compared(tmp_path):
-    fp = {**eval_fingerprint(PAPER, "linear"), "head_bn": False, "mode": "cached_features"}
-    view = build_views(_paper_t5(tmp_path, [42.0], eval_fp=fp), "table5")[0]
+    def edit(fp):
+        fp["eval_config"]["mode"] = "cached_features"
+        fp["eval_data"]["train"]["identity"]["images"] = 128_116
+
+    view = build_views(_paper_t5(tmp_path, [42.0], edit=edit), "table5")[0]
     cell = view.cells.set_index("row").loc["AN"]
     assert cell.status == "incomparable" and pd.isna(cell["diff"])
-    assert "eval.head_bn false (paper true)" in cell.reason
-    assert "eval.mode cached_features (paper augmented)" in cell.reason
+    assert "linear.mode cached_features (paper full)" in cell.reason
+    assert "eval.data.train.identity.images 128116 (paper 1281167)" in cell.reason
     assert view.rows[0][3].startswith("n/c [") and any(cell.reason in n for n in view.notes)
+
+
+def test_unusable_results_are_shown_not_compared(tmp_path):
+    view = build_views(_paper_t5(tmp_path, [42.0, float("nan")]), "table5")[0]
+    cell = view.cells.set_index("row").loc["AN"]
+    assert cell.status == "invalid" and "1 of 2 results unusable" in cell.reason and pd.isna(cell["diff"])
+    assert view.rows[0][3].startswith("invalid [")
 
 
 def test_smoke_scale_says_why(tmp_path):
@@ -70,8 +85,9 @@ def test_smoke_scale_says_why(tmp_path):
     view = build_views(collect(tmp_path), "table1")[0]
     cell = view.cells.set_index("column").loc["Full"]
     assert cell.status == "incomparable"
-    for part in ("pretrain.arch vit_micro (paper vit_base)", "pretrain.data builtin (paper in1k)",
-                 "pretrain.epochs 1 (paper 100)", "pretrain.max_steps 20 (paper none)"):
+    for part in ("pretrain.model.arch vit_micro (paper vit_base)",
+                 "pretrain.data.identity.name builtin (paper imagenet-1k)",
+                 "pretrain.optim.epochs 1 (paper 100)", "pretrain.optim.max_steps 20 (paper none)"):
         assert part in cell.reason
     assert view.cells.set_index("column").loc["None"].status == "not run"
 
@@ -123,13 +139,24 @@ def test_text_rendering_fits_the_width_and_keeps_every_value(tmp_path):
 
 
 def test_paper_scale_finetune_and_linear_compared(tmp_path):
-    write_run(tmp_path, "c", "can", benchmark="table3", scale={**PAPER, "epochs": 800.0},
-              evals={"linear": {"top1": 73.0}, "finetune": {"top1": 83.5}})
+    write_paper_run(tmp_path, "table3_in1k", "can-vit_b-ep800", evals={"linear": {"top1": 73.0},
+                                                                        "finetune": {"top1": 83.5}})
     cells = build_views(collect(tmp_path), "table3")[0].cells
     row = cells[(cells["row"] == "CAN ViT-B 800 ep")].set_index("column")
     assert list(row.status) == ["compared", "compared"]
     assert row.loc["Finetune", "diff"] == pytest.approx(83.5 - 83.4)
     assert row.loc["Linear probe", "diff"] == pytest.approx(73.0 - 74.0)
+
+
+def test_table2_shows_fig1_finetune_numbers(tmp_path):
+    write_paper_run(tmp_path, "table2_jft", "can-vit_l-ep5000", evals={"linear": {"top1": 75.0},
+                                                                        "finetune": {"top1": 86.0}})
+    view = build_views(collect(tmp_path), "table2")[0]
+    assert view.header[-3:] == ["Finetune (Fig. 1) paper", "Finetune (Fig. 1) reproduced", "Finetune (Fig. 1) Δ"]
+    row = next(r for r in view.rows if r[0] == "CAN ViT-L 5000 ep")
+    assert row[1:] == ["75.4", "75.00 (n=1)", "-0.40", "86.1", "86.00 (n=1)", "-0.10"]
+    mae = next(r for r in view.rows if r[0] == "MAE† ViT-L 5000 ep")
+    assert mae[4] == "85.4" and mae[5] == "—"
 
 
 def test_missing_labels_in_a_mixed_store_are_not_nan(tmp_path):

@@ -1,10 +1,16 @@
-"""The trainer's one logging hook: metrics.jsonl, the status step, a progress bar and TensorBoard.
+"""The trainer's one logging hook: metrics.jsonl, the final losses, the status step, a progress bar, TensorBoard.
 
 Every ``train.log_every`` steps (and at the last step) :class:`RunLogger` averages each loss term over
 the steps since the previous line and over ranks, checks that every value is finite (naming the first
 bad step and term), and rank 0 writes one JSON line; the status file carries the step for ``grid status``
 and the demo. tqdm draws a bar only on a terminal; TensorBoard event files are written when the
 ``tensorboard`` extra is installed. Values stay on the device between log steps (no per-step host sync).
+
+What it has collected travels in every checkpoint (:meth:`RunLogger.state_dict`), so a run resumed at any
+step — a preemption does not wait for a log boundary — writes exactly the lines and final losses an
+uninterrupted run writes. The *final losses* a run reports (summary.json, Table 4) are the mean of the
+per-step values over a fixed final window, the last :func:`final_window` steps, not of whatever log lines
+happen to fall there.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 
 
+def final_window(total_steps: int) -> int:
+    """Steps the final losses average over: the last tenth of the run (at least one step)."""
+    return max(1, round(0.1 * total_steps))
+
+
 class RunLogger:
     """Collects the loss terms of each step; writes a metrics line every ``log_every`` steps."""
 
@@ -36,16 +47,29 @@ class RunLogger:
         self.every, self.accum = log_every, accum_steps
         self.device, self.is_main = device, is_main
         self.window: dict[str, list[torch.Tensor]] = {}
+        self.final_from = total_steps - final_window(total_steps) + 1  # the first step of the final window
+        self.final_sums: dict[str, torch.Tensor] = {}
+        self.final_count = 0
         self.step = start_step
         self.t_last, self.n_img = time.perf_counter(), 0
         self.bar = _progress(total_steps, start_step) if is_main else None
         self.tb = _tensorboard(run) if is_main else None
+
+    def restart_clock(self, step: int) -> None:
+        """(Re)start the img/s clock at ``step``: the first line after a resume times only this session's steps."""
+        self.step = step
+        self.t_last, self.n_img = time.perf_counter(), 0
 
     def after_step(self, step: int, terms: dict[str, list[torch.Tensor]], lr: float, images: int) -> dict | None:
         """Record step ``step``'s terms (one value per micro-batch); log at ``log_every`` and the last step."""
         self.step = step
         for k, vals in terms.items():
             self.window.setdefault(k, []).extend(vals)
+        if step >= self.final_from:  # this step's value of each term: the mean of its micro-batches
+            for k, vals in terms.items():
+                mean = torch.stack(vals).mean()
+                self.final_sums[k] = self.final_sums[k] + mean if k in self.final_sums else mean
+            self.final_count += 1
         self.n_img += images
         last = step == self.total
         if step % self.every and not last:
@@ -87,6 +111,23 @@ class RunLogger:
                 log.info("step %d/%d %s", self.step, self.total, " ".join(f"{k}={record[k]:.4g}" for k in self.window))
         return record
 
+    def final(self) -> dict[str, float]:
+        """Each term's mean over the final window (and over ranks); {} before the window is complete."""
+        if self.final_count < self.total - self.final_from + 1:
+            return {}
+        return {k: float(all_reduce_mean(v / self.final_count)) for k, v in self.final_sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to log as if uninterrupted (CPU tensors; loads with weights_only=True)."""
+        return {"window": {k: torch.stack(v).cpu() for k, v in self.window.items()},
+                "final_sums": {k: v.detach().cpu() for k, v in self.final_sums.items()},
+                "final_count": self.final_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window = {k: list(v.to(self.device).unbind(0)) for k, v in state["window"].items()}
+        self.final_sums = {k: v.to(self.device) for k, v in state["final_sums"].items()}
+        self.final_count = int(state["final_count"])
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -110,4 +151,4 @@ def _tensorboard(run: RunDir):
     return SummaryWriter(log_dir=str(run.tensorboard_dir))
 
 
-__all__ = ["NonFiniteLossError", "RunLogger"]
+__all__ = ["NonFiniteLossError", "RunLogger", "final_window"]

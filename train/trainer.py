@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from canbench.config import LR_SCALING, Config, ConfigError, Derived, derived, flatten
+from canbench.data.identity import identify
 from canbench.data.pipeline import PretrainData
-from canbench.fingerprint import mismatches, protocol_fingerprint
-from canbench.io import torch_save_atomic
+from canbench.fingerprint import batch_provenance, environment, mismatches, protocol_fingerprint
+from canbench.io import file_sha256, torch_save_atomic
 from canbench.methods import method_class
 from canbench.rundir import RunDir
 from canbench.runtime import DistInfo, init_from_env, resolve_device
@@ -82,7 +83,8 @@ class Trainer:
         if self.dist.is_main:
             path = checkpoint.save(self.run_dir, cfg=self.cfg, model=self.method, optimizer=self.optimizer,
                                    scaler=self.scaler, step=self.step, total_steps=self.info.total_steps,
-                                   extra={"derived": asdict(self.info)}, keep=self.cfg.train.keep_checkpoints)
+                                   extra={"derived": asdict(self.info), "logger": self.logger.state_dict()},
+                                   keep=self.cfg.train.keep_checkpoints)
         return path
 
     def _restore(self) -> dict[str, Any] | None:
@@ -100,6 +102,9 @@ class Trainer:
         if self.scaler is not None and ckpt["scaler"] is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
+        self.logger.step = self.step
+        if "logger" in ckpt.get("extra", {}):  # what was collected since the last log line, and the final window
+            self.logger.load_state_dict(ckpt["extra"]["logger"])
         if self.dist.is_main:  # drop metrics logged after the checkpoint: they will be logged again
             self.run.keep_metrics_until(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -115,9 +120,13 @@ class Trainer:
         self.method, self.optimizer, self.scaler = self.train_step.method, self.train_step.optimizer, \
             self.train_step.scaler
         self.model = self.train_step.model
+        self.logger = RunLogger(self.run, total_steps=self.info.total_steps, steps_per_epoch=self.info.steps_per_epoch,
+                                log_every=self.cfg.train.log_every, accum_steps=self.cfg.optim.accum_steps,
+                                start_step=0, device=self.device, is_main=self.dist.is_main)
         rng = self._restore() if resume else None
-        if rng is None and self.run.metrics_path.exists() and self.dist.is_main:
-            self.run.metrics_path.unlink()  # a fresh start owns its metrics
+        if rng is None and self.dist.is_main:  # a fresh start owns its metrics; what a previous run left is stale
+            for stale in (self.run.metrics_path, self.run.summary_path, self.run.encoder_path):
+                stale.unlink(missing_ok=True)
         if self.dist.is_main:
             self.run.write_config(self.cfg.to_dict())
             self.run.write_status("running", step=self.step)
@@ -133,6 +142,7 @@ class Trainer:
             return {"state": "stopped", "step": self.step}
         summary = self._summary()
         if self.dist.is_main:
+            summary["checkpoint_sha256"] = file_sha256(self.run.last_checkpoint)  # results name the checkpoint
             self.run.write_summary(summary)
             self._export_encoder()
             self.run.write_status("done", step=self.step)
@@ -151,9 +161,8 @@ class Trainer:
         else:
             torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.model.train()
-        logger = RunLogger(self.run, total_steps=info.total_steps, steps_per_epoch=info.steps_per_epoch,
-                           log_every=cfg.train.log_every, accum_steps=cfg.optim.accum_steps, start_step=self.step,
-                           device=self.device, is_main=self.dist.is_main)
+        logger = self.logger
+        logger.restart_clock(self.step)
         try:
             while self.step < info.total_steps and not (self.stop is not None and self.stop(self)):
                 batch = next(inputs)
@@ -172,18 +181,24 @@ class Trainer:
 
     def _summary(self) -> dict[str, Any]:
         rows = self.run.read_metrics()
-        tail = rows[-max(1, len(rows) // 10):] if rows else []
-        terms = [k for k in ("loss", *method_class(self.cfg.method.name).loss_terms) if tail and k in tail[-1]]
-        final = {k: sum(r[k] for r in tail) / len(tail) for k in terms}
+        final = self.logger.final()
         ips = [r["img_per_s"] for r in rows[1:]] or [r["img_per_s"] for r in rows]
         img_per_s = sorted(ips)[len(ips) // 2] if ips else 0.0
         images = self.info.total_steps * self.cfg.optim.batch_size
         n_dev = self.dist.world_size
         device_hours = images / max(img_per_s, 1e-9) / 3600 * n_dev
         c = self.cfg
+        d = c.data
+        provenance = {**environment(), "precision": self.train_step.precision, "checkpoint_step": self.step,
+                      **batch_provenance(c.optim.batch_size, c.optim.accum_steps, n_dev,
+                                         method_class(c.method.name).contrastive and c.method.l_nce > 0)}
         return {
             "run_id": c.extra.run_id, "method": c.method.name, "arch": c.model.arch,
-            "steps": self.step, "images_seen": images, "final": final, "img_per_s": img_per_s,
+            "steps": self.step, "images_seen": images, "final": final,
+            "final_window": {"from_step": self.logger.final_from, "to_step": self.step},
+            "data_identity": identify(d.dataset, d.root, d.split, builtin_version=d.builtin_version,
+                                      size=d.builtin_size),
+            "provenance": provenance, "img_per_s": img_per_s,
             "device_hours": device_hours, "gpu_hours": device_hours if self.device.type == "cuda" else 0.0,
             "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
             "flops_per_image": _flops_or_none(c) if c.train.count_flops else None,

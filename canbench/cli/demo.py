@@ -3,7 +3,8 @@
 1. the smoke grid (CAN, SimCLR, MAE x 2 seeds) and the ablations that make sense at this scale,
    each through the local executor (the same code path as SLURM), with their evaluation suites;
 2. the PDF report (``reports/out/demo.pdf``) with tables, figures and the claims scorecard;
-3. ``canbench check`` against the committed baseline (``reports/baselines/smoke.csv``).
+3. ``canbench check`` against the committed baseline (``reports/baselines/smoke.csv``); the demo's exit code
+   fails on what the check fails on except *inconclusive* cells (:func:`demo_exit_code`).
 
 Finished runs are reused, so running it again only redoes what is missing.
 """
@@ -19,6 +20,8 @@ from canbench.flags import add_executor_flag
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from canbench.reports.check import CheckResult
 
 log = logging.getLogger("canbench.cli.demo")
 
@@ -44,8 +47,8 @@ def _repo_path(rel: str) -> Path:
 def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
              baseline: str | Path | None = DEFAULT_BASELINE, write_baseline: bool = False,
              executor: str = "local", grids: list[str] | None = None) -> int:
-    """Run the demo; returns the check's exit code (0 pass, 1 regression, 2 nothing comparable)."""
-    from canbench.reports.check import check, check_markdown
+    """Run the demo; returns 0, or 1 when a run failed or the check found a cell that is not pass / inconclusive."""
+    from canbench.reports.check import check
     from canbench.reports.check import write_baseline as _write_baseline
     from canbench.reports.collect import collect
     from canbench.reports.pdf import build_report
@@ -86,14 +89,30 @@ def run_demo(root: str | Path = DEFAULT_ROOT, out_pdf: str | Path = DEFAULT_PDF,
         log.info("wrote baseline %s", baseline)
     if baseline is not None and Path(baseline).exists():
         check_result = check(results, reference=baseline)
-        print(check_markdown(check_result))
+        print(check_result.message)
     pdf = build_report(root, out_pdf, title="canbench demo (smoke scale, built-in data set)",
                        check_result=check_result, flops_table=paper_flops_table())
     log.info("report: %s", pdf)
     log.info("demo finished in %.0f s", time.perf_counter() - t0)
     if failed:
         return 1
-    return check_result.exit_code if check_result is not None else 0
+    return demo_exit_code(check_result)
+
+
+def demo_exit_code(result: CheckResult | None) -> int:
+    """The demo fails on every verdict ``canbench check`` fails on, except *inconclusive*: two smoke-scale seeds
+    cannot resolve a 2-point change on another CPU (the tolerance is wider than the meaningful difference), and
+    that is the demo's noise, not a broken pipeline. Inconclusive cells are reported, never passed silently."""
+    from canbench.reports.check import INCONCLUSIVE, PASS, UNREFERENCED
+
+    if result is None:
+        return 0
+    verdicts = result.cells["verdict"]
+    n_inc = int((verdicts == INCONCLUSIVE).sum())
+    if n_inc:
+        log.warning("%d of %d baseline cells are inconclusive: the smoke demo's seed noise is too large to confirm "
+                    "them (canbench check would exit 1)", n_inc, result.reference_cells)
+    return int(bool((~verdicts.isin([PASS, INCONCLUSIVE, UNREFERENCED])).any()) or not result.reference_cells)
 
 
 def paper_flops_table(arch: str = "vit_large") -> pd.DataFrame | None:

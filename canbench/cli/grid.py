@@ -8,23 +8,7 @@ from pathlib import Path
 
 from canbench.config import SCALES
 from canbench.flags import add_executor_flag, add_set_flag
-from canbench.slurm.spec import load_spec
-
-
-def resolve_spec_path(spec: str) -> Path:
-    """A YAML path, or the name of a packaged spec (``smoke``, ``fig6_masking_rate``)."""
-    p = Path(spec)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    from canbench import benchmarks
-
-    base = Path(benchmarks.__file__).resolve().parent / "grids"
-    for cand in (base / f"{spec}.yaml", base / "paper" / f"{spec}.yaml"):
-        if cand.is_file():
-            return cand
-    names = sorted(x.stem for x in list(base.glob("*.yaml")) + list(base.glob("paper/*.yaml")))
-    raise FileNotFoundError(f"grid spec {spec!r} is neither a file nor a packaged spec ({', '.join(names)})")
-
+from canbench.slurm.spec import load_spec, resolve_spec_path
 
 SET_HELP = ("config override for every run (optim.max_steps=6) or resource (slurm.partition=gpu, slurm.account=..., "
             "slurm.timeout_min=..., slurm.tasks_per_node=...); repeatable")

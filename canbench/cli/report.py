@@ -32,8 +32,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--format", default="pdf", choices=("pdf", "md", "csv", "tex"), dest="fmt")
     p.add_argument("--title", default="canbench reproduction report", help="PDF title")
     p.add_argument("--against", default=None, metavar="paper|BASELINE.csv",
-                   help="also run the regression check and include its summary")
-    p.add_argument("--k", type=float, default=3.0, help="seed-std multiplier of the check tolerance")
+                   help="also run the reproduction check (of --benchmark's cells, if given) and include it")
     p.add_argument("--flops-table", default=None, metavar="CSV",
                    help="FLOPs per image (columns method, arch, flops) for the FLOPs-ratio claim, instead of "
                         "the runs' summary.json")
@@ -42,18 +41,26 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``canbench check RUNS_DIR --against paper|BASELINE.csv [--k 3] [--json] [--write-baseline PATH]``."""
+    """Register ``canbench check RUNS_DIR --against paper|BASELINE.csv [--benchmark B]... [--alpha A] [--json]
+    [--write-baseline PATH]``."""
     p = subparsers.add_parser(
-        "check", help="regression check against the paper or a baseline CSV (exit 0 pass, 1 regression, "
-                      "2 nothing comparable)",
-        description="Compare every reproduced cell with the paper's numbers or a baseline CSV. Exit codes: "
-                    "0 every compared cell passes, 1 any regression, 2 nothing comparable (never a silent pass).")
+        "check", help="reproduction check against the paper or a baseline CSV (exit 0 every reference cell "
+                      "passes, 1 otherwise, 2 usage error)",
+        description="Judge every cell of the reference (the paper's Tables 1-5 and Fig. 1, or a baseline CSV) on "
+                    "the runs under RUNS_DIR: pass, regression, improvement, inconclusive (noise too large to "
+                    "tell), incomparable (names the differing key), missing, invalid (NaN / unreadable result) or "
+                    "stale (made from another checkpoint). Tolerances come from the reference's seeds or the "
+                    "documented noise floors (docs/reports.md). Exit codes: 0 every reference cell passes, 1 "
+                    "otherwise, 2 usage errors.")
     p.add_argument("runs_dir", metavar="RUNS_DIR", help="results root (run folders at any depth)")
     p.add_argument("--against", default=None, metavar="paper|BASELINE.csv",
                    help="reference: 'paper' or a baseline CSV written by --write-baseline")
-    p.add_argument("--k", type=float, default=3.0, help="widen tolerances to k x seed std (default 3)")
-    p.add_argument("--abs-tol", type=float, default=None, help="absolute tolerance for every metric")
-    p.add_argument("--benchmark", default=None, help="only runs of this benchmark")
+    p.add_argument("--benchmark", action="append", default=None, metavar="NAME",
+                   help="narrow the reference (and the runs) to this benchmark's cells (table1..table5, smoke...; "
+                        "table2 includes Fig. 1's finetune cells); repeatable. Without it every reference cell "
+                        "must be reproduced")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise false-alarm rate, split over the reference cells (default 0.05)")
     p.add_argument("--json", action="store_true", help="print a JSON document (for CI) instead of text")
     p.add_argument("--write-baseline", default=None, metavar="PATH",
                    help="write the aggregated results as a baseline CSV (then check it only if --against is given)")
@@ -89,9 +96,7 @@ def report_command(args: argparse.Namespace) -> int:
         flops_table = pd.read_csv(args.flops_table)
     check_result = None
     if args.against:
-        from canbench.reports.check import check
-
-        check_result = check(_results(args.runs_dir, args.benchmark), args.against, k=args.k)
+        check_result = _check(args.runs_dir, args.against, [args.benchmark] if args.benchmark else None)
     if args.fmt == "pdf":
         from canbench.reports.pdf import build_report
 
@@ -123,25 +128,34 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(runs_dir: str, against: str, benchmarks: list[str] | None, alpha: float = 0.05):
+    from canbench.reports.check import BaselineError, check
+    from canbench.reports.collect import collect
+
+    try:
+        return check(collect(runs_dir), against, benchmarks=benchmarks, alpha=alpha)
+    except (BaselineError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_command(args: argparse.Namespace) -> int:
-    """Handler of ``canbench check``: 0 all pass, 1 any regression, 2 nothing comparable (or bad input)."""
-    from canbench.reports.check import EXIT_NOTHING_COMPARABLE, BaselineError, check, write_baseline
+    """Handler of ``canbench check``: 0 every reference cell passes, 1 otherwise, 2 bad input."""
+    from canbench.reports.check import EXIT_USAGE, BaselineError, write_baseline
 
     _runs_dir(args.runs_dir)
     if not args.against and not args.write_baseline:
         raise ConfigError("check: give --against paper|BASELINE.csv and/or --write-baseline PATH")
-    results = _results(args.runs_dir, args.benchmark)
     try:
         if args.write_baseline:
-            df = write_baseline(results, args.write_baseline)
+            df = write_baseline(_results(args.runs_dir, None), args.write_baseline)
             stream = sys.stderr if args.json else sys.stdout
             print(f"wrote baseline {args.write_baseline} ({len(df)} cells)", file=stream)
             if not args.against:
                 return 0
-        result = check(results, args.against, k=args.k, abs_tol=args.abs_tol)
-    except BaselineError as e:
+        result = _check(args.runs_dir, args.against, args.benchmark, args.alpha)
+    except (BaselineError, ConfigError) as e:
         if args.json:  # CI reads stdout: the error as JSON there too
-            print(json.dumps({"exit_code": EXIT_NOTHING_COMPARABLE, "error": str(e)}))
+            print(json.dumps({"exit_code": EXIT_USAGE, "error": str(e)}))
         return error(str(e))
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))

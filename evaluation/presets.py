@@ -1,0 +1,68 @@
+"""``--preset`` for evaluation: an evaluation profile, a pretraining preset, or an eval YAML file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from canbench.config import SCALES, ConfigError, yaml_numbers
+from canbench.evaluation.recipes import PROFILES, validate_settings
+
+
+@dataclass
+class EvalPreset:
+    """What ``--preset`` named: a scale profile, plus settings and (pretraining presets) model / data defaults."""
+
+    name: str
+    scale: str | None = None  # smoke | small | paper (the profile "mae" is paper scale)
+    profile: str | None = None  # smoke | small | paper | mae
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # pretraining preset's model section
+    data: dict[str, Any] = field(default_factory=dict)  # pretraining preset's data section
+
+
+def resolve_preset(name: str | None) -> EvalPreset | None:
+    """``--preset``: a profile (smoke, small, paper, mae), a pretraining preset (its ``scale``; model and data
+    sections as defaults for public checkpoints) or an eval YAML file (``scale`` / ``profile`` + sections)."""
+    if not name:
+        return None
+    if name in PROFILES:
+        return EvalPreset(name, scale="paper" if name == "mae" else name, profile=name)
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        with open(p) as f:
+            raw = yaml_numbers(yaml.safe_load(f) or {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"eval preset {p}: expected a mapping")
+        if "config" in raw or "methods" in raw:  # a pretraining preset file
+            return _from_pretrain_preset(str(p), raw)
+        profile = raw.pop("profile", None) or raw.get("scale")
+        scale = raw.pop("scale", None) or ("paper" if profile == "mae" else profile)
+        raw.pop("description", None)
+        if profile is not None and profile not in PROFILES:
+            raise ConfigError(f"eval preset {p}: profile/scale {profile!r} is not one of {PROFILES}")
+        validate_settings(raw, f"eval preset {p} key")
+        return EvalPreset(str(p), scale=scale, profile=profile, settings=raw)
+    from canbench.train.recipe import load_preset
+
+    try:
+        raw = load_preset(name)
+    except ConfigError as e:
+        raise ConfigError(f"--preset {name!r}: not an evaluation profile ({', '.join(PROFILES)}), "
+                          f"nor an eval YAML file; as a pretraining preset: {e}") from None
+    return _from_pretrain_preset(name, raw)
+
+
+def _from_pretrain_preset(name: str, raw: dict[str, Any]) -> EvalPreset:
+    scale = raw.get("scale")
+    if scale not in SCALES:
+        raise ConfigError(f"preset {name!r} has scale {scale!r}; expected one of {SCALES}")
+    cfg = raw.get("config") or {}
+    return EvalPreset(name, scale=scale, profile=scale, model=dict(cfg.get("model") or {}),
+                      data=dict(cfg.get("data") or {}))
+
+
+__all__ = ["EvalPreset", "resolve_preset"]
