@@ -93,6 +93,27 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kw: Any) -> Any:
+    """``torch.load(weights_only=True)``, also for checkpoints written by facebookresearch/mae's training script,
+    which hold their ``argparse.Namespace`` of arguments: exactly that one type is allowed besides tensors and
+    plain containers. Anything else that cannot be loaded safely is a ConfigError naming the file."""
+    import argparse
+    import pickle
+
+    import torch
+
+    from canbench.config import ConfigError
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True, **kw)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path} cannot be loaded safely (torch.load weights_only=True): {first}. canbench "
+                          "reads tensors, plain containers and argparse.Namespace only; re-save the weights as "
+                          "a plain state dict (torch.save(model.state_dict(), path))") from None
+
+
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     import torch
 

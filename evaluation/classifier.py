@@ -20,7 +20,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from canbench.io import torch_save_atomic
+from canbench.io import torch_load, torch_save_atomic
 
 CHECKPOINT_FORMAT = "canbench.finetuned/1"
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)
@@ -118,7 +118,7 @@ def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu") -
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"finetuned checkpoint {p} does not exist")
-    ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    ckpt = torch_load(p, map_location)
     for key in ("format", "model", "model_name", "model_kwargs"):
         if key not in ckpt:
             raise KeyError(f"{p} is not a canbench finetuned checkpoint: it lacks {key!r} "

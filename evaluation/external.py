@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from canbench.config import ARCHS, ConfigError, ModelConfig
+from canbench.io import torch_load
 
 _BLOCK = r"^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|attn\.q_norm|attn\.k_norm|mlp\.fc1|mlp\.fc2|ls1|ls2)\."
 # (regex, action) per source format; actions: keep | drop | pos | cls | head (kept only for classifiers)
@@ -52,7 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(p))
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+    obj = torch_load(p)
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -5,7 +5,9 @@ standardise with the few-shot subset's mean / std (+1e-5), append a constant fea
 targets 2 * onehot - 1, W = (X^T X + l2 I)^-1 X^T Y (primal, N >= D) or X^T (X X^T + l2 I)^-1 Y
 (dual, N < D), l2 = 2^10; accuracy = mean(argmax(X_test W) == y) over the whole test split.
 Subsets: per seed, rng = numpy default_rng(seed), per class (ascending label order) a permutation
-of that class's indices, first k taken, so the k-shot subset contains the k'-shot one for k' < k.
+of that class's indices, first k taken, so the k-shot subset contains the k'-shot one for k' < k. A class with
+fewer than k training images gives all it has (as big_vision's slicing does: Flowers102 has 10 per class, so its
+25-shot subset is its 10-shot one); the shots actually used (the smallest class's) are recorded.
 Option: a trained linear head on the same features (paper App. C: lr 0.01, 2500 steps).
 """
 
@@ -31,7 +33,8 @@ STD_EPS = 1e-5
 
 # ---- subsets -----------------------------------------------------------------------------------
 def sample_fewshot_indices(labels: np.ndarray | Sequence[int], shots: int, seed: int) -> np.ndarray:
-    """Indices of a ``shots``-per-class subset: per class a default_rng(seed) permutation, first k."""
+    """Indices of a ``shots``-per-class subset: per class a default_rng(seed) permutation, first k (all of a class
+    with fewer)."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
@@ -41,11 +44,15 @@ def sample_fewshot_indices(labels: np.ndarray | Sequence[int], shots: int, seed:
     out = []
     for c in np.unique(labels):  # ascending class order: the rng draws happen in a fixed order
         idx = np.flatnonzero(labels == c)
-        perm = rng.permutation(idx)
-        if len(perm) < shots:
-            raise ValueError(f"class {c} has only {len(perm)} training samples, fewer than shots={shots}")
-        out.append(perm[:shots])
+        out.append(rng.permutation(idx)[:shots])
     return np.concatenate(out)
+
+
+def actual_shots(labels: np.ndarray | Sequence[int], indices: np.ndarray) -> int:
+    """The shots a subset really has: its smallest class's count (classes of ``labels``)."""
+    labels = np.asarray(labels)
+    taken = labels[np.asarray(indices)]
+    return int(min(np.sum(taken == c) for c in np.unique(labels)))
 
 
 def fewshot_subsets(labels: np.ndarray | Sequence[int], shots: Sequence[int] = SHOTS,
@@ -151,7 +158,8 @@ def fewshot_eval(train_feats: Any, train_labels: Any, test_feats: Any, test_labe
                  num_classes: int | None = None, l2: float = LSR_L2,
                  linear_cfg: LinearHeadConfig | None = None,
                  subsets: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> dict[str, float]:
-    """Few-shot top-1 (percent) per shot: ``{k}shot_mean``, ``{k}shot_std`` (ddof 1), ``{k}shot_seed{s}``.
+    """Few-shot top-1 (percent) per shot: ``{k}shot_mean``, ``{k}shot_std`` (ddof 1), ``{k}shot_seed{s}``, and
+    ``{k}shot_actual`` (the shots of the smallest class: fewer than k when a class has fewer images).
 
     ``subsets`` (``{shots: {seed: indices into train_feats}}``) overrides sampling, for callers that
     sampled on a larger label array and extracted features only for the union of the subsets.
@@ -167,6 +175,7 @@ def fewshot_eval(train_feats: Any, train_labels: Any, test_feats: Any, test_labe
     out: dict[str, float] = {}
     for k in shots:
         accs = []
+        out[f"{k}shot_actual"] = float(min(actual_shots(ytr, subsets[k][s]) for s in seeds))
         for s in seeds:
             idx = np.asarray(subsets[k][s])
             if head == "lsr":

@@ -36,6 +36,10 @@ from canbench.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+class SuiteError(RuntimeError):
+    """A suite ran but part of it failed (e.g. one few-shot data set); its other results were written."""
+
+
 def expand_suites(suites: Sequence[str]) -> list[str]:
     """``all`` -> every suite; order kept, duplicates dropped; unknown names are errors."""
     out: list[str] = []
@@ -110,6 +114,10 @@ def evaluate(source: Source, suites: Sequence[str], out: str | Path | None = Non
         fp = R.make_fingerprint(fields)
         metrics = {**res["metrics"], "elapsed_s": round(time.time() - t0, 1)}
         R.write_result(out, n, metrics, fp, plan.checkpoint())
+        if metrics.get("errors"):  # written first: the other data sets' results are kept
+            raise SuiteError(f"{n} failed on {', '.join(metrics['errors'])} ("
+                             + "; ".join(f"{k}: {v}" for k, v in metrics["errors"].items())
+                             + f"); the other data sets' results are in {path}, and the next evaluate reruns it")
         log.info("%s: done in %.0fs -> %s", n, time.time() - t0, path)
         done[n] = {**R.read_result(out, n), "path": str(path), "skipped": False}
     return done
@@ -131,4 +139,4 @@ def run_suites(run_dir: str | Path, suites: list[str], *, scale: str | None = No
     return evaluate(source, suites, Path(run_dir), scale=scale, overrides=overrides, force=force, device=device)
 
 
-__all__ = ["evaluate", "expand_suites", "run_suites", "why_rerun"]
+__all__ = ["SuiteError", "evaluate", "expand_suites", "run_suites", "why_rerun"]

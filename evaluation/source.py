@@ -18,6 +18,7 @@ import torch
 
 from canbench.config import Config, ConfigError, ModelConfig
 from canbench.evaluation import results as R
+from canbench.io import torch_load
 from canbench.rundir import RunDir
 from canbench.train import checkpoint as ckpt_io
 from canbench.train.recipe import config_from_dict
@@ -30,7 +31,7 @@ FORMATS = ("mae", "timm")
 
 def finetuned_meta(path: Path) -> dict[str, Any]:
     """A finetuned classifier's metadata (everything but its weights)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load(path)
     return {k: v for k, v in obj.items() if k != "model"} if isinstance(obj, dict) else {}
 
 
@@ -132,7 +133,7 @@ def resolve_source(path: str | Path, fmt: str | None = None, arch: str | None = 
                           f"folder (no {RunDir.FINETUNED})")
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist")
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+    obj = torch_load(p)
     from canbench.evaluation.classifier import CHECKPOINT_FORMAT
 
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:

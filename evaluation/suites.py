@@ -150,26 +150,42 @@ def plan_fewshot(ctx: Context) -> SuitePlan:
     data = {n: {"train": tr.describe(), "test": te.describe()} for n, (tr, te) in specs.items()}
 
     def run() -> dict[str, Any]:
-        results, fields, details = [], {}, {}
-        for n in names:
-            tr_spec, te_spec = specs[n]
-            tr, te = tr_spec.build(ctx.img_size), te_spec.build(ctx.img_size)
-            t0 = time.time()
-            out = run_fewshot(ctx.encoder(), tr, te, img_size=ctx.img_size, device=ctx.device, shots=shots,
-                              seeds=seeds, head=s.head, num_classes=num_classes(tr), batch_size=s.batch_size,
-                              num_workers=s.num_workers, crop_pct=crops[n], linear_cfg=linear_cfg, dataset=n)
+        results, fields, details, errors = [], {}, {}, {}
+        for n in names:  # one data set's failure never loses the others' results
+            try:
+                tr_spec, te_spec = specs[n]
+                tr, te = tr_spec.build(ctx.img_size), te_spec.build(ctx.img_size)
+                t0 = time.time()
+                out = run_fewshot(ctx.encoder(), tr, te, img_size=ctx.img_size, device=ctx.device, shots=shots,
+                                  seeds=seeds, head=s.head, num_classes=num_classes(tr), batch_size=s.batch_size,
+                                  num_workers=s.num_workers, crop_pct=crops[n], linear_cfg=linear_cfg, dataset=n)
+            except Exception as e:  # noqa: BLE001 - recorded with the result and raised by the runner
+                log.exception("fewshot %s failed", n)
+                errors[n] = f"{type(e).__name__}: {e}"
+                continue
             m = out["metrics"]
             log.info("fewshot %s: %s (%.0fs)", n, {k: round(v, 2) for k, v in m.items() if k.endswith("mean")},
                      time.time() - t0)
             for k in shots:
                 results.append({"dataset": n, "shots": k, "mean": m[f"{k}shot_mean"], "std": m[f"{k}shot_std"],
-                                "seeds": list(seeds), "per_seed": [m[f"{k}shot_seed{sd}"] for sd in seeds]})
+                                "seeds": list(seeds), "per_seed": [m[f"{k}shot_seed{sd}"] for sd in seeds],
+                                "actual_shots": int(m[f"{k}shot_actual"])})
             fields[n] = out["fingerprint_fields"]
             details[n] = {"n_train": len(tr), "n_test": len(te), "num_classes": num_classes(tr)}
-        return {"metrics": {"results": results, "details": details},
-                "fingerprint_fields": _merge_fields(fields, names)}
+        ok = [n for n in names if n in fields]
+        metrics: dict[str, Any] = {"results": results, "details": details}
+        if errors:
+            metrics["errors"] = errors
+        merged = _merge_fields(fields, ok) if ok else {"shots": list(shots)}
+        return {"metrics": metrics, "fingerprint_fields": {**merged, "dataset": list(names)}}
 
-    return SuitePlan("fewshot", _plan_fields(ctx, list(names), data, conf), run, ctx.source.checkpoint_info)
+    def failed_before() -> str | None:
+        stored = R.read_result(ctx.out.path, "fewshot") if ctx.out.result_path("fewshot").is_file() else None
+        errors = (stored or {}).get("metrics", {}).get("errors")
+        return f"the stored result failed on {', '.join(errors)}" if errors else None
+
+    return SuitePlan("fewshot", _plan_fields(ctx, list(names), data, conf), run, ctx.source.checkpoint_info,
+                     failed_before)
 
 
 def plan_finetune(ctx: Context) -> SuitePlan:

@@ -57,6 +57,16 @@ class PretrainMethod(nn.Module):
                                   dim=mo.decoder_dim, depth=mo.decoder_depth, num_heads=mo.decoder_heads,
                                   num_prefix_tokens=self.encoder.num_prefix_tokens,
                                   sigma_embedding=sigma_embedding) if decoder else None
+        if not hasattr(self, "weights"):
+            self.weights: dict[str, float] = {}  # loss term -> weight in the total loss (set by the subclass)
+
+    def empty_terms(self) -> dict[str, str]:
+        """Loss terms with a non-zero weight that this config leaves empty (always 0, no gradient), with the
+        reason; the run summary records them (docs/protocols.md §6.6)."""
+        if self.mask_ratio == 0.0 and self.weights.get("rec", 0.0) > 0:
+            return {"rec": f"method.mask_ratio=0 masks no patch, so the reconstruction term (masked patches only) "
+                           f"is 0 with no gradient; its weight {self.weights['rec']:.3g} goes to no other term"}
+        return {}
 
     # ---- shared stages ----------------------------------------------------------------------
     @staticmethod

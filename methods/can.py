@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
 from canbench.methods.losses import info_nce, masked_patch_mse
+
+log = logging.getLogger(__name__)
 
 
 class CAN(PretrainMethod):
@@ -43,6 +47,8 @@ class CAN(PretrainMethod):
         super().__init__(cfg, head=m.l_nce > 0, decoder=need_decoder,
                          sigma_embedding=need_decoder and m.noise_mode == "full")
         self.sigma_max = m.sigma_max if m.noise_mode != "none" else 0.0
+        for term, why in self.empty_terms().items():
+            log.warning("can: the %s term is empty: %s", term, why)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         views = batch["views"]  # (V, N, 3, H, W), V = 2 (1 allowed without the contrastive term)

@@ -22,14 +22,18 @@ class MAE(PretrainMethod):
     def check(cls, cfg: Config, world_size: int = 1) -> None:
         if cfg.method.l_nce != 0.0:
             raise ConfigError("method.l_nce must be 0 for mae (one view, no contrastive term); use method can")
+        if cfg.method.mask_ratio == 0.0:
+            raise ConfigError("method.mask_ratio=0 leaves mae nothing to reconstruct (its loss is over masked "
+                              "patches only)")
         super().check(cfg, world_size)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, head=False, decoder=True)
+        self.weights = {"rec": 1.0}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = batch["views"][0]  # (N, 3, H, W)
         seeds = self.view_seeds(batch["seed"], 1)
         ids_keep, mask, ids_restore = self.masking(seeds)
         pred = self.decoder(self.encode(x, ids_keep), ids_restore)
-        return self.combine({"rec": masked_patch_mse(pred, self.target(x), mask)}, {"rec": 1.0})
+        return self.combine({"rec": masked_patch_mse(pred, self.target(x), mask)}, self.weights)

@@ -30,6 +30,7 @@ class SimCLR(PretrainMethod):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg, head=True, decoder=False)
+        self.weights = {"infonce": 1.0}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         views = batch["views"]
@@ -39,4 +40,4 @@ class SimCLR(PretrainMethod):
         x = views.reshape(v * n, *views.shape[2:])
         ids_keep, _, _ = self.masking(self.view_seeds(batch["seed"], v))
         u = self.head(self.encoder.forward_head(self.encode(x, ids_keep)))
-        return self.combine({"infonce": info_nce(u[:n], u[n:], self.cfg.method.temperature)}, {"infonce": 1.0})
+        return self.combine({"infonce": info_nce(u[:n], u[n:], self.cfg.method.temperature)}, self.weights)

@@ -299,7 +299,7 @@ def _metric_rows(metrics: dict) -> list[dict[str, Any]]:
                     rows.append({"metric": "top1", "dataset": dataset, "shots": shots,
                                  "value": _num(item["mean"]), "cell_std": _num(item.get("std"))})
                 for mkey, mval in item.items():
-                    if mkey in ("dataset", "set", "shots", "mean", "std", "seeds"):
+                    if mkey in ("dataset", "set", "shots", "mean", "std", "seeds", "actual_shots"):
                         continue
                     if isinstance(mval, (int, float)) and not isinstance(mval, bool):
                         rows.append({"metric": mkey, "dataset": dataset, "shots": shots,
@@ -332,10 +332,14 @@ def collect(root: str | os.PathLike, include_pretrain: bool = True) -> pd.DataFr
             ckpt = res.get("checkpoint") if isinstance(res.get("checkpoint"), dict) else {}
             suite = res.get("suite") or path.stem
             stale = stale_reason(run, res, suite, run_sha)
-            for cell in _metric_rows(metrics):
-                rows.append({**meta, "suite": suite, **cell, "fingerprint": _jsonable(fp),
-                             "checkpoint_step": ckpt.get("step"), "code_version": fp.get("code_version"),
-                             "error": stale})
+            cells = _metric_rows(metrics)
+            for name, why in (metrics.get("errors") or {}).items():  # a data set whose evaluation failed
+                for shots in fp.get("shots") or [None]:
+                    cells.append({"metric": "top1", "dataset": name, "shots": shots, "value": math.nan,
+                                  "cell_std": math.nan, "error": f"{suite} failed on {name}: {why}"})
+            for cell in cells:
+                rows.append({**meta, "suite": suite, "fingerprint": _jsonable(fp), "checkpoint_step": ckpt.get("step"),
+                             "code_version": fp.get("code_version"), "error": stale, **cell})
         suites = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {},
                                      strict=False).suites or []
         state = (status or {}).get("state")

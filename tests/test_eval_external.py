@@ -102,11 +102,37 @@ def test_corrupted_key_sets_raise_with_names(tmp_path):
         read_checkpoint(tmp_path / "bad.pth")
 
 
-def test_loading_is_weights_only(tmp_path):
+def test_loading_is_weights_only(tmp_path, capsys):
+    from canbench.cli import main
+    from canbench.config import ConfigError
+
     class Evil:
         def __reduce__(self):
             return (print, ("executed",))
 
     torch.save({"model": {"x": torch.zeros(1)}, "evil": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(ConfigError, match=r"evil.pth cannot be loaded safely \(torch.load weights_only=True\)"):
         read_checkpoint(tmp_path / "evil.pth")
+    assert "executed" not in capsys.readouterr().out
+    # through the command: exit 2 naming the path, no traceback
+    assert main(["evaluate", "knn", "--checkpoint", str(tmp_path / "evil.pth"), "--format", "mae",
+                 "--arch", "vit_tiny", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("canbench: error:") and "evil.pth cannot be loaded safely" in err
+
+
+def test_fb_mae_training_checkpoints_with_their_args_namespace_load(tmp_path):
+    """facebookresearch/mae's main_pretrain.py saves {'model', 'optimizer', 'epoch', 'scaler', 'args'} with args an
+    argparse.Namespace: exactly that type is allowed, the weights load and match."""
+    import argparse
+
+    src = vit(class_token=True)
+    ckpt = fake_mae_pretrain_checkpoint(src)
+    ckpt.update(scaler={"scale": 65536.0}, args=argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75,
+                                                                    norm_pix_loss=True, blr=1.5e-4, input_size=224))
+    torch.save(ckpt, tmp_path / "checkpoint-799.pth")
+    dst = vit(class_token=True, seed=1)
+    load_external(dst, tmp_path / "checkpoint-799.pth", fmt="mae")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.forward_features(x), src.forward_features(x))

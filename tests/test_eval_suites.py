@@ -180,3 +180,42 @@ def test_run_suites_rerun_when_checkpoint_changes(run_dir, tmp_path):
     torch.save(ck, copy / "checkpoints" / "last.pt")
     rec = runner.run_suites(copy, ["knn"], device="cpu")["knn"]
     assert rec["skipped"] is False and rec["checkpoint"]["step"] == 3
+
+
+def test_fewshot_uses_the_shots_a_class_has_and_one_failing_set_loses_nothing(run_dir, tmp_path, monkeypatch):
+    """More shots than a class has training images (Flowers102 has 10; the defaults go to 25) take what is there,
+    as big_vision does, and record it; a data set that fails is recorded as failed, the others' results are kept,
+    the call says so (exit 1 on the command line), and the next call reruns the suite."""
+    import shutil
+
+    from canbench.cli import main
+    from canbench.evaluation import fewshot
+    from canbench.reports.collect import collect
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    sets = ["fewshot.datasets=[builtin_heldout,digits]", "fewshot.train_size=40", "fewshot.shots=[1,8]",
+            "fewshot.seeds=[0]"]
+    real = fewshot.run_fewshot
+
+    def flaky(*a, dataset=None, **k):
+        if dataset == "digits":
+            raise OSError("digits: disk went away")
+        return real(*a, dataset=dataset, **k)
+
+    monkeypatch.setattr(fewshot, "run_fewshot", flaky)
+    with pytest.raises(runner.SuiteError, match="fewshot failed on digits .*disk went away"):
+        runner.run_suites(copy, ["fewshot"], overrides=sets, device="cpu")
+    stored = json.loads((copy / "eval" / "fewshot.json").read_text())
+    kept = {(r["dataset"], r["shots"]): r for r in stored["metrics"]["results"]}
+    assert set(kept) == {("builtin_heldout", 1), ("builtin_heldout", 8)}
+    assert kept[("builtin_heldout", 8)]["actual_shots"] < 8 <= 40  # 40 images over 10 classes: fewer than 8 each
+    assert kept[("builtin_heldout", 1)]["actual_shots"] == 1
+    rows = collect(copy.parent).query("suite == 'fewshot'")
+    failed = rows[rows.dataset == "digits"]
+    assert len(failed) == 2 and failed.value.isna().all() and failed.error.str.contains("disk went away").all()
+    assert main(["evaluate", "fewshot", "--checkpoint", str(copy), "--device", "cpu",
+                 *[x for s in sets for x in ("--set", s)]]) == 1
+    monkeypatch.setattr(fewshot, "run_fewshot", real)
+    rec = runner.run_suites(copy, ["fewshot"], overrides=sets, device="cpu")["fewshot"]
+    assert rec["skipped"] is False and "errors" not in rec["metrics"]

@@ -90,6 +90,25 @@ def test_can_total_is_the_weighted_sum(tiny_overrides):
     assert float(out["loss"]) == pytest.approx(float(expect), rel=1e-6)
 
 
+def test_can_at_mask_ratio_0_keeps_the_paper_weights_and_says_rec_is_empty(tiny_overrides, caplog):
+    """Fig. 6's 0 % point (docs/protocols.md §6.6): L_rec is over masked patches, so with none it is 0 (no
+    gradient) and the other terms keep their weights; the method says so, and the run summary records it."""
+    from canbench.config import ConfigError
+
+    with caplog.at_level("WARNING"):
+        net = build_method(build_config("can", "smoke", tiny_overrides + ["method.mask_ratio=0"]))
+    assert "the rec term is empty" in caplog.text
+    assert set(net.empty_terms()) == {"rec"} and "0.679" in net.empty_terms()["rec"]
+    assert net.weights == pytest.approx({"infonce": 0.03, "rec": 0.97 * 0.7, "denoise": 0.97 * 0.3})
+    with torch.no_grad():
+        out = net(_batch(2))
+    assert float(out["rec"]) == 0.0
+    assert float(out["loss"]) == pytest.approx(float(0.03 * out["infonce"] + 0.97 * 0.3 * out["denoise"]), rel=1e-6)
+    assert build_method(build_config("can", "smoke", tiny_overrides)).empty_terms() == {}
+    with pytest.raises(ConfigError, match="method.mask_ratio=0 leaves mae nothing to reconstruct"):
+        build_config("mae", "smoke", tiny_overrides + ["method.mask_ratio=0"])
+
+
 def test_can_reduces_to_mae(tiny_overrides):
     """CAN with l_nce=0, lam=1, mask 0.75, one view, no noise equals MAE on the same inputs."""
     over = tiny_overrides + ["method.mask_ratio=0.75"]

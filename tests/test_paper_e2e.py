@@ -59,6 +59,7 @@ def test_paper_preset_end_to_end_compares_with_the_paper(mini_imagenet, tmp_path
     summary = json.loads(run.summary_path.read_text())
     assert summary["data_identity"] == {"name": "imagenet-1k", "split": "train", "subset": False, "classes": 3,
                                         "images": 24}
+    assert summary["empty_terms"] == {} and summary["loss_weights"]["rec"] == pytest.approx(0.97 * 0.7)
     prov = summary["provenance"]
     assert (prov["world_size"], prov["per_device_batch"], prov["accum_steps"], prov["total_batch"]) == (1, 8, 1, 8)
     assert prov["negatives_per_anchor"] == 14 and prov["checkpoint_step"] == 2 and "commit" in prov

@@ -11,7 +11,7 @@ import torch
 
 from canbench.config import Config, ConfigError
 from canbench.fingerprint import code_version
-from canbench.io import torch_save_atomic
+from canbench.io import torch_load, torch_save_atomic
 from canbench.rundir import RunDir
 
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not p.is_file():
         raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with {RunDir.CHECKPOINTS}/{RunDir.LAST} "
                                 "or a .pt file)")
-    return torch.load(p, map_location=map_location, weights_only=True)
+    return torch_load(p, map_location)
 
 
 def is_canbench_checkpoint(obj: Any) -> bool:

@@ -196,6 +196,7 @@ class Trainer:
             "run_id": c.extra.run_id, "method": c.method.name, "arch": c.model.arch,
             "steps": self.step, "images_seen": images, "final": final,
             "final_window": {"from_step": self.logger.final_from, "to_step": self.step},
+            "loss_weights": dict(self.method.weights), "empty_terms": self.method.empty_terms(),
             "data_identity": identify(d.dataset, d.root, d.split, builtin_version=d.builtin_version,
                                       size=d.builtin_size),
             "provenance": provenance, "img_per_s": img_per_s,

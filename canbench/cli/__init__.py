@@ -11,6 +11,7 @@ import logging
 
 from canbench.cli import demo, evaluate, grid, perf, pretrain, report
 from canbench.config import ConfigError
+from canbench.evaluation.runner import SuiteError
 from canbench.flags import error
 
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError) as exc:  # bad input named by the message: usage error, exit 2
         return error(str(exc))
+    except SuiteError as exc:  # part of a suite failed; what succeeded was written
+        error(str(exc))
+        return 1
 
 
 if __name__ == "__main__":
