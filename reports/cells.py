@@ -181,7 +181,39 @@ def protocol_fingerprint(row: dict) -> dict[str, Any]:
 
 
 CELL_COLUMNS = CELL_KEYS + ["value", "seed", "run_id", "run_dir", "scale", "fp", "fp_sig", "code_version",
-                            "higher_is_better", "error", "marker"]
+                            "higher_is_better", "error", "marker", "provenance"]
+
+
+def provenance_text(train: dict[str, Any] | None, result_fp: dict[str, Any] | None) -> str:
+    """What users ask first when numbers differ (code, libraries, devices, how the batch was split), in a line:
+    ``trained: commit 1a2b3c4d (dirty), torch 2.4.0, cuda x8, world 8: 512/device x accum 1 = 4096, 8190
+    negatives, step 31200; evaluated: commit 1a2b3c4d, cuda x1``."""
+    def env(d: dict[str, Any]) -> list[str]:
+        out = []
+        if d.get("commit") or d.get("code_version"):
+            out.append(f"commit {str(d.get('commit') or d.get('code_version'))[:8]}" + (" (dirty)" if d.get("dirty")
+                                                                                       else ""))
+        if d.get("torch"):
+            out.append(f"torch {d['torch']}")
+        if d.get("device_type"):
+            out.append(f"{d['device_type']} x{d.get('device_count', '?')}")
+        return out
+
+    parts = []
+    t = train or {}
+    if t:
+        tr = env(t)
+        if t.get("world_size") is not None:
+            tr.append(f"world {t['world_size']}: {t.get('per_device_batch')}/device x accum {t.get('accum_steps')} "
+                      f"= {t.get('total_batch')}")
+        if t.get("negatives_per_anchor") is not None:
+            tr.append(f"{t['negatives_per_anchor']} negatives")
+        if t.get("checkpoint_step") is not None:
+            tr.append(f"step {t['checkpoint_step']}")
+        parts.append("trained: " + ", ".join(tr))
+    if result_fp:
+        parts.append("evaluated: " + ", ".join(env(result_fp)))
+    return "; ".join(p for p in parts if not p.endswith(": "))
 
 
 def to_cells(results: pd.DataFrame) -> pd.DataFrame:
@@ -198,12 +230,16 @@ def to_cells(results: pd.DataFrame) -> pd.DataFrame:
                      "run_dir": rec.get("run_dir"), "scale": fmt_key(_given(rec.get("scale"))), "fp": fp,
                      "fp_sig": json.dumps(fp, sort_keys=True), "code_version": rec.get("code_version"),
                      "higher_is_better": not lower_is_better(key["metric"]), "error": err,
-                     "marker": err is not None and _given(rec.get("metric")) is None})
+                     "marker": err is not None and _given(rec.get("metric")) is None,
+                     "provenance": provenance_text(
+                         rec.get("provenance") if isinstance(rec.get("provenance"), dict) else None,
+                         rec.get("fingerprint") if rec.get("suite") != "pretrain"
+                         and isinstance(rec.get("fingerprint"), dict) else None)})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
 AGG_COLUMNS = CELL_KEYS + ["mean", "std", "n", "n_valid", "values", "seeds", "runs", "scales", "fp", "fp_sig",
-                           "code_versions", "higher_is_better", "invalid", "stale"]
+                           "code_versions", "higher_is_better", "invalid", "stale", "provenance"]
 
 
 def _problem(row: dict) -> tuple[str, str] | None:
@@ -242,7 +278,8 @@ def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
                     "code_versions": sorted({str(r["code_version"]) for r in recs if _given(r["code_version"])}),
                     "higher_is_better": bool(first["higher_is_better"]),
                     "invalid": [p[1] for p in problems if p and p[0] == "invalid"],
-                    "stale": [p[1] for p in problems if p and p[0] == "stale"]})
+                    "stale": [p[1] for p in problems if p and p[0] == "stale"],
+                    "provenance": " | ".join(dict.fromkeys(r["provenance"] for r in recs if r["provenance"]))})
     return pd.DataFrame(out, columns=AGG_COLUMNS)
 
 
@@ -256,12 +293,23 @@ def markers_by_position(cells: pd.DataFrame) -> dict[tuple[str, ...], list[str]]
     return out
 
 
-def describe_mismatches(diff: dict[str, tuple], expected_label: str = "paper") -> str:
-    """``{"pretrain.model.arch": ("vit_micro", "vit_base")}`` -> "pretrain.model.arch vit_micro (paper vit_base)"."""
+def describe_mismatches(diff: dict[str, tuple], expected_label: str = "paper", limit: int | None = None) -> str:
+    """``{"pretrain.model.arch": ("vit_micro", "vit_base")}`` -> "pretrain.model.arch vit_micro (paper vit_base)".
+
+    When a data identity's ``name`` differs, its other fields (counts, split, ...) follow from that and are left
+    out; ``limit`` keeps the first keys and says how many more differ."""
+    other_sets = {k[: -len(".name")] for k, (got, want) in diff.items() if k.endswith("identity.name")}
     parts = []
-    for k, (got, want) in sorted(diff.items()):
+    order = sorted(diff.items(), key=lambda kv: (kv[1][0] is None, 0 if kv[0].startswith("pretrain.") else
+                                                 2 if kv[0].startswith("eval.") else 1, kv[0]))
+    for k, (got, want) in order:  # values that differ before keys not recorded; training, evaluation, its data
+        prefix = k.rsplit(".", 1)[0]
+        if prefix in other_sets and not k.endswith(".name"):
+            continue
         got_s = "not recorded" if got is None and want is not None else _show(got)
         parts.append(f"{k} {got_s} ({expected_label} {_show(want) if want is not None else 'none'})")
+    if limit is not None and len(parts) > limit:
+        parts = parts[:limit] + [f"and {len(parts) - limit} more keys (canbench check --json lists them)"]
     return "; ".join(parts)
 
 

@@ -65,7 +65,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_ALPHA = 0.05
 BASELINE_COLUMNS = CELL_KEYS + ["mean", "std", "n", "seeds", "fingerprint", "code_version"]
 RESULT_COLUMNS = CELL_KEYS + ["expected", "expected_std", "expected_n", "got", "got_std", "got_n", "n_valid",
-                              "diff", "tolerance", "cap", "noise", "verdict", "reason", "runs"]
+                              "diff", "tolerance", "cap", "noise", "verdict", "reason", "runs", "provenance"]
 ACCURACY_METRICS = frozenset({"top1", "top5", "top1_best", "top5_best", "mean_shifted_top1"})
 
 
@@ -123,6 +123,8 @@ class CheckResult:
         lines = [self.summary]
         for r in bad.to_dict("records")[:40]:
             lines.append(f"  {r['verdict'].upper()}: {cell_name(r)}: {textwrap.shorten(describe(r), 600)}")
+            if r["provenance"]:  # what users ask first when numbers differ
+                lines.append(f"      provenance: {textwrap.shorten(r['provenance'], 300)}")
         if len(bad) > 40:
             lines.append(f"  ... and {len(bad) - 40} more (--json lists every cell)")
         return "\n".join(lines)
@@ -284,7 +286,7 @@ def _noise(ref: pd.DataFrame, is_paper: bool) -> dict[tuple[str, str, str], Nois
                                      f"cells")
         else:
             f = floor_for(rec["protocol"], rec["metric"], rec["dataset"])
-            out[key] = Noise(f.sd, math.inf, f"floor: {f.source}")
+            out[key] = Noise(f.sd, math.inf, f.source)
     return out
 
 
@@ -312,7 +314,7 @@ def check(results: pd.DataFrame, reference: str | os.PathLike = "paper", benchma
         ref_keys.add(tuple(key.values()))
         row = {**key, "expected": rec["mean"], "expected_std": rec["std"], "expected_n": rec["n"], "got": math.nan,
                "got_std": math.nan, "got_n": 0, "n_valid": 0, "diff": math.nan, "tolerance": math.nan,
-               "cap": math.nan, "noise": "", "verdict": MISSING, "reason": "", "runs": ""}
+               "cap": math.nan, "noise": "", "verdict": MISSING, "reason": "", "runs": "", "provenance": ""}
         rows.append(row)
         groups = by_key.get(tuple(key.values()), [])
         broken = markers.get(tuple(key[k] for k in POSITION_KEYS), [])
@@ -327,7 +329,7 @@ def check(results: pd.DataFrame, reference: str | os.PathLike = "paper", benchma
             continue
         grp, diff = best_group(groups, expected, keys=None if rec["compare_all"] else list(expected))
         row.update(got=grp["mean"], got_std=grp["std"], got_n=grp["n"], n_valid=grp["n_valid"],
-                   runs=" ".join(map(str, grp["runs"])))
+                   runs=" ".join(map(str, grp["runs"])), provenance=grp["provenance"])
         if diff:
             row.update(verdict=INCOMPARABLE, reason="protocol differs: " + describe_mismatches(
                 diff, "paper" if is_paper else "baseline"))
@@ -348,7 +350,7 @@ def check(results: pd.DataFrame, reference: str | os.PathLike = "paper", benchma
                      "n_valid": rec["n_valid"], "diff": math.nan, "tolerance": math.nan, "cap": math.nan,
                      "noise": "", "verdict": UNREFERENCED,
                      "reason": f"the {'paper prints no number' if is_paper else 'baseline has no cell'} for this cell",
-                     "runs": " ".join(map(str, rec["runs"]))})
+                     "runs": " ".join(map(str, rec["runs"])), "provenance": rec["provenance"]})
     narrowed = f" (narrowed to --benchmark {', '.join(benchmarks)})" if benchmarks else ""
     return CheckResult(cells=pd.DataFrame(rows, columns=RESULT_COLUMNS), reference=label, alpha=alpha,
                        narrowed=narrowed)

@@ -129,7 +129,7 @@ def _noise(cells: pd.DataFrame, group_rows: list[dict], protocol: str, metric: s
         if found is not None:
             return Noise(found[0], found[1], f"pooled seed spread of {scale or 'unscaled'}-scale {what} cells")
     f = floor_for(protocol, metric, dataset)
-    return Noise(f.sd, math.inf, f"floor{' (relative)' if f.relative else ''}: {f.source}"
+    return Noise(f.sd, math.inf, f"{'relative to the value; ' if f.relative else ''}{f.source}"
                  + ("; a paper-scale figure, likely smaller than this scale's noise: run >= 2 seeds"
                     if scale and scale != "paper" else ""))
 

@@ -219,7 +219,7 @@ def _cell(table: str, row: str, column: str, match: dict, key_base: dict, p_rows
         c["status"], c["reason"] = "no paper number", "the paper prints no number for this cell"
     elif diff:
         c["status"] = "incomparable"
-        c["reason"] = "protocol differs from the paper's: " + describe_mismatches(diff)
+        c["reason"] = "protocol differs from the paper's: " + describe_mismatches(diff, limit=12)
         c["_diff_txt"] = "n/c " + notes.ref(c["reason"])
     else:
         c["status"] = "compared"

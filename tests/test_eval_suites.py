@@ -219,3 +219,26 @@ def test_fewshot_uses_the_shots_a_class_has_and_one_failing_set_loses_nothing(ru
     monkeypatch.setattr(fewshot, "run_fewshot", real)
     rec = runner.run_suites(copy, ["fewshot"], overrides=sets, device="cpu")["fewshot"]
     assert rec["skipped"] is False and "errors" not in rec["metrics"]
+
+
+def test_results_of_a_replaced_checkpoint_are_stale_until_reevaluated(run_dir, tmp_path):
+    """pretrain --force with another config into the same folder: the old eval/*.json belongs to the old
+    checkpoint; report and check refuse it (stale, with the command that fixes it) and evaluate recomputes it."""
+    import shutil
+
+    from canbench.reports.collect import collect
+    from canbench.train.trainer import pretrain
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    runner.run_suites(copy, ["knn"], device="cpu")
+    assert collect(tmp_path).query("suite == 'knn'").error.isna().all()
+    cfg = build_config("mae", "smoke", TINY_PRETRAIN + ["extra.eval.data.test_size=30", "extra.eval.knn.k=3",
+                                                        "method.mask_ratio=0.5"])
+    pretrain(cfg, copy, resume=False)  # what `canbench pretrain --force` does
+    rows = collect(tmp_path).query("suite == 'knn'")
+    assert rows.error.str.startswith("stale: made from checkpoint").all()
+    assert rows.error.str.contains(f"rerun `canbench evaluate knn --checkpoint {copy}`").all()
+    rec = runner.run_suites(copy, ["knn"], device="cpu")["knn"]
+    assert rec["skipped"] is False and "checkpoint differs" not in str(rec)
+    assert collect(tmp_path).query("suite == 'knn'").error.isna().all()

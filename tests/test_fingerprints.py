@@ -181,3 +181,13 @@ def test_evaluation_data_identity_changed_makes_the_paper_cell_incomparable(pape
     finally:
         path.write_text(saved)
     assert verdict == "incomparable" and f"eval.data.{split}.identity.{field} " in reason
+
+
+def test_docs_list_every_neutral_key():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reports.md").read_text()
+    for key in NEUTRAL_TRAIN_KEYS:
+        assert f"`{key}`" in doc, f"docs/reports.md does not list the neutral training key {key}"
+    for section, keys in R.NEUTRAL_EVAL_KEYS.items():
+        for key in keys:
+            assert f"`{section}.{key}`" in doc or (section == "data" and f"`data.{key}`" in doc), \
+                f"docs/reports.md does not list the neutral evaluation key {section}.{key}"

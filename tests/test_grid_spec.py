@@ -211,3 +211,15 @@ def test_suite_seeds_limit_suites_per_seed():
 def test_suite_seeds_errors_name_the_key(bad, match):
     with pytest.raises(GridError, match=match):
         parse_spec(spec_dict(suites=["knn"], **bad))
+
+
+def test_set_eval_overrides_are_evaluation_settings_validated_before_submitting():
+    spec = load_spec(BENCH / "smoke.yaml")
+    runs = expand(spec, "smoke", overrides=["eval.linear.epochs=3", "eval.data.root=/datasets/imagenet"])
+    ev = runs[0].cfg.extra.eval
+    assert ev["linear"] == {"epochs": 3} and ev["data"] == {"root": "/datasets/imagenet"}
+    assert ev["finetune"] == {"epochs": 1, "warmup_epochs": 0.1}  # the spec's own evaluation settings are kept
+    with pytest.raises(GridError, match=r"eval: unknown evaluation setting 'linear.epoch'"):
+        expand(spec, "smoke", overrides=["eval.linear.epoch=3"])
+    with pytest.raises(GridError, match=r"--set extra.eval.x: the run record \(extra\) is written by the grid"):
+        expand(spec, "smoke", overrides=["extra.eval.x=1"])

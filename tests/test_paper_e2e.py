@@ -73,6 +73,8 @@ def test_paper_preset_end_to_end_compares_with_the_paper(mini_imagenet, tmp_path
     doc = json.loads(capsys.readouterr().out)
     cell = next(c for c in doc["cells"] if c["variant"] == "full" and c["protocol"] == "linear")
     assert cell["verdict"] == "incomparable"
+    assert "trained: commit" in cell["provenance"] and "world 1: 8/device x accum 1 = 8, 14 negatives, step 2" \
+        in cell["provenance"] and "evaluated: commit" in cell["provenance"]
     named = {part.split(" ")[0] for part in cell["reason"].removeprefix("protocol differs: ").split("; ")}
     # exactly the shrunk keys (and the probe's batch and image size that follow them): nothing about the data
     assert named == {f"pretrain.{k}" for k in SHRUNK} | {"linear.batch_size", "linear.img_size"}
