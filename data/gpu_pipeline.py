@@ -37,7 +37,7 @@ from canbench.config import ConfigError
 from canbench.rng import STREAM_AUGMENT, sample_seed, torch_generator
 
 from .augment import ViewAugConfig, sample_crop, sample_photometric
-from .loader import IMAGENET_MEAN, IMAGENET_STD, StepBatchSampler, to_model_input
+from .loader import IMAGENET_MEAN, IMAGENET_STD, StepBatchSampler, collate_ids, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,7 @@ def collate_jpeg(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "encoded": torch.tensor([bool(it["encoded"]) for it in items], dtype=torch.bool),
         "boxes": torch.stack([it["boxes"] for it in items]),
         "photo": torch.stack([it["photo"] for it in items]),
-        "seed": torch.tensor([it["seed"] for it in items], dtype=torch.int64),
-        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
-        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
-        "epoch": torch.tensor([it["epoch"] for it in items], dtype=torch.int64),
+        **collate_ids(items),
     }
 
 

@@ -102,16 +102,15 @@ class PretrainDataset(Dataset):
                 "label": int(label), "index": index, "epoch": epoch}
 
 
+def collate_ids(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The per-sample integers every pretraining batch carries: seed, label, index, epoch (int64 tensors)."""
+    return {k: torch.tensor([it[k] for it in items], dtype=torch.int64) for k in ("seed", "label", "index", "epoch")}
+
+
 def collate_views(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """List of :class:`PretrainDataset` items -> batched tensors (crops (N, V, 3, S, S) uint8, photo (N, V, K))."""
-    return {
-        "crops": torch.stack([it["crops"] for it in items]),
-        "photo": torch.stack([it["photo"] for it in items]),
-        "seed": torch.tensor([it["seed"] for it in items], dtype=torch.int64),
-        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
-        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
-        "epoch": torch.tensor([it["epoch"] for it in items], dtype=torch.int64),
-    }
+    return {"crops": torch.stack([it["crops"] for it in items]),
+            "photo": torch.stack([it["photo"] for it in items]), **collate_ids(items)}
 
 
 def build_pretrain_loader(base_dataset: Dataset, aug_cfg: ViewAugConfig, num_views: int, seed: int,
