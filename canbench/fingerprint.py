@@ -114,12 +114,12 @@ def environment() -> dict[str, Any]:
 
 
 def batch_provenance(total_batch: int, accum_steps: int, world_size: int, contrastive: bool) -> dict[str, Any]:
-    """How a batch was split: per device, accumulation, total, and the negatives each anchor of InfoNCE sees
-    (the other 2 x samples of one micro-step across all ranks, minus its own two views; None without InfoNCE)."""
+    """How a batch was split: per device (per micro-step), accumulation, total, and the negatives each InfoNCE
+    anchor sees: the other views of the whole batch, 2 x total - 2 (gathered over ranks, and over the
+    accumulation steps by the gradient cache, canbench.train.step); None without InfoNCE."""
     per_device = total_batch // (accum_steps * world_size)
-    micro_global = per_device * world_size
     return {"world_size": world_size, "per_device_batch": per_device, "accum_steps": accum_steps,
-            "total_batch": total_batch, "negatives_per_anchor": 2 * micro_global - 2 if contrastive else None}
+            "total_batch": total_batch, "negatives_per_anchor": 2 * total_batch - 2 if contrastive else None}
 
 
 def protocol_fingerprint(**fields: Any) -> dict[str, Any]:

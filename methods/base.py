@@ -11,6 +11,7 @@ from canbench.config import Config, ConfigError
 from canbench.methods.backbone import ViTEncoder, build_encoder, patchify, random_masking
 from canbench.methods.decoder import MAEDecoder
 from canbench.methods.heads import ProjectionHead
+from canbench.methods.losses import info_nce
 from canbench.rng import STREAM_MASK, STREAM_NOISE, STREAM_SIGMA, counter_normal, counter_uniform
 
 Batch = dict[str, torch.Tensor]
@@ -26,7 +27,13 @@ class PretrainMethod(nn.Module):
 
     ``batch["views"]``: normalised views (V, N, 3, H, W); ``batch["seed"]``: per-sample seeds (N,)
     from the data pipeline. Masks, sigma and noise are pure functions of (seed, view), so neither a
-    resume, the number of workers nor the number of ranks changes what the model sees.
+    resume, the number of workers nor the number of ranks changes what the model sees — and two forwards
+    of one micro-batch see the same inputs, which the gradient-cached accumulation relies on.
+
+    A subclass implements :meth:`step_terms`: the pooled features its contrastive term reads (None without
+    one) and its per-sample loss terms. :meth:`forward` adds the batch-coupled term on top
+    (:meth:`contrastive_terms`: projection head with global BatchNorm, InfoNCE over the batch); the training
+    step calls the two parts separately to accumulate exactly (``canbench.train.step``).
     """
 
     name: ClassVar[str] = ""
@@ -59,6 +66,30 @@ class PretrainMethod(nn.Module):
                                   sigma_embedding=sigma_embedding) if decoder else None
         if not hasattr(self, "weights"):
             self.weights: dict[str, float] = {}  # loss term -> weight in the total loss (set by the subclass)
+
+    def step_terms(self, batch: Batch, local: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``(z, terms)``: the pooled encoder features the contrastive term reads, (V * N, D) view-major (None for a
+        method without one), and the per-sample loss terms (skipped when ``local`` is False)."""
+        raise NotImplementedError
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether a loss term couples the samples of a batch (InfoNCE negatives, the head's BatchNorm)."""
+        return self.head is not None
+
+    def contrastive_terms(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projection head (BatchNorm over the whole batch, all ranks) and InfoNCE on pooled features ``z``
+        (2N, D) laid out as [view 1 of every sample | view 2 of every sample]."""
+        n = z.shape[0] // 2
+        u = self.head(z)
+        return {"infonce": info_nce(u[:n], u[n:], self.cfg.method.temperature)}
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every loss term of ``batch`` and their weighted sum ``loss``."""
+        z, terms = self.step_terms(batch)
+        if z is not None:
+            terms = {**self.contrastive_terms(z), **terms}
+        return self.combine(terms, self.weights)
 
     def empty_terms(self) -> dict[str, str]:
         """Loss terms with a non-zero weight that this config leaves empty (always 0, no gradient), with the

@@ -8,7 +8,7 @@ import torch
 
 from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
-from canbench.methods.losses import info_nce, masked_patch_mse
+from canbench.methods.losses import masked_patch_mse
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +50,31 @@ class CAN(PretrainMethod):
         for term, why in self.empty_terms().items():
             log.warning("can: the %s term is empty: %s", term, why)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def step_terms(self, batch: Batch, local: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         views = batch["views"]  # (V, N, 3, H, W), V = 2 (1 allowed without the contrastive term)
         v, n = views.shape[:2]
         x = views.reshape(v * n, *views.shape[2:])  # both views in one encoder pass
         seeds = self.view_seeds(batch["seed"], v)
-        target = self.target(x)
+        target = self.target(x) if local and self.decoder is not None else None
         sigma = added = None
         if self.sigma_max > 0:
             x, sigma, added = self.add_noise(x, seeds, self.sigma_max)  # noise before masking
         ids_keep, mask, ids_restore = self.masking(seeds)
         tokens = self.encode(x, ids_keep)
-        terms: dict[str, torch.Tensor] = {}
+        z = None
         if self.head is not None:
             if v != 2:
                 raise ValueError(f"the contrastive term needs 2 views, got {v}")
-            u = self.head(self.encoder.forward_head(tokens))  # mean of visible tokens -> head
-            terms["infonce"] = info_nce(u[:n], u[n:], self.cfg.method.temperature)
-        if self.decoder is not None:
+            z = self.encoder.forward_head(tokens)  # mean of visible tokens: what the head reads
+        terms: dict[str, torch.Tensor] = {}
+        if local and self.decoder is not None:
             pred = self.decoder(tokens, ids_restore, sigma if self.decoder.sigma_embed is not None else None)
             if self.weights["rec"] > 0:
                 terms["rec"] = masked_patch_mse(pred, target, mask)  # masked patches only
             if self.weights["denoise"] > 0:
                 den_target = self.patchify_noise(added)
                 terms["denoise"] = masked_patch_mse(pred, den_target, 1.0 - mask)  # visible patches only
-        return self.combine(terms, self.weights)
+        return z, terms
 
     def patchify_noise(self, added: torch.Tensor | None) -> torch.Tensor:
         from canbench.methods.backbone import patchify

@@ -31,9 +31,9 @@ class MAE(PretrainMethod):
         super().__init__(cfg, head=False, decoder=True)
         self.weights = {"rec": 1.0}
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def step_terms(self, batch: Batch, local: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         x = batch["views"][0]  # (N, 3, H, W)
         seeds = self.view_seeds(batch["seed"], 1)
         ids_keep, mask, ids_restore = self.masking(seeds)
         pred = self.decoder(self.encode(x, ids_keep), ids_restore)
-        return self.combine({"rec": masked_patch_mse(pred, self.target(x), mask)}, self.weights)
+        return None, {"rec": masked_patch_mse(pred, self.target(x), mask)}

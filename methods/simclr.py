@@ -6,7 +6,6 @@ import torch
 
 from canbench.config import Config, ConfigError
 from canbench.methods.base import Batch, PretrainMethod
-from canbench.methods.losses import info_nce
 
 
 class SimCLR(PretrainMethod):
@@ -32,12 +31,11 @@ class SimCLR(PretrainMethod):
         super().__init__(cfg, head=True, decoder=False)
         self.weights = {"infonce": 1.0}
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def step_terms(self, batch: Batch, local: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         views = batch["views"]
         v, n = views.shape[:2]
         if v != 2:
             raise ValueError(f"SimCLR needs 2 views, got {v}")
         x = views.reshape(v * n, *views.shape[2:])
         ids_keep, _, _ = self.masking(self.view_seeds(batch["seed"], v))
-        u = self.head(self.encoder.forward_head(self.encode(x, ids_keep)))
-        return self.combine({"infonce": info_nce(u[:n], u[n:], self.cfg.method.temperature)}, self.weights)
+        return self.encoder.forward_head(self.encode(x, ids_keep)), {}

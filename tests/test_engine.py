@@ -18,9 +18,10 @@ def _cfg(method: str, tiny: list[str], *extra: str):
     return build_config(method, "smoke", tiny + ["optim.max_steps=6", "optim.epochs=1", *extra])
 
 
-@pytest.mark.parametrize("method", ["can", "simclr", "mae"])
-def test_interrupted_and_resumed_run_is_bit_identical(method, tiny_overrides, tmp_path):
-    cfg = _cfg(method, tiny_overrides, "model.drop_path=0.1")  # drop path draws from the global torch RNG
+@pytest.mark.parametrize("method,accum", [("can", 1), ("simclr", 1), ("mae", 1), ("can", 2), ("simclr", 2)])
+def test_interrupted_and_resumed_run_is_bit_identical(method, accum, tiny_overrides, tmp_path):
+    # drop path draws from the global torch RNG; accum 2 runs the gradient cache (two passes per micro-batch)
+    cfg = _cfg(method, tiny_overrides, "model.drop_path=0.1", f"optim.accum_steps={accum}")
     full = tmp_path / "full"
     pretrain(cfg, full)
     part = tmp_path / "part"
@@ -116,13 +117,15 @@ def test_smoke_preset_trains_and_loss_decreases(method, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_engine_matches_eager(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_compiled_engine_matches_eager(tiny_overrides, tmp_path, accum):
     """train.compile=true (what auto picks on CUDA): same losses and weights as eager, checkpoint keys
-    without torch.compile's ``_orig_mod.`` prefix (so evaluation and resume load them)."""
+    without torch.compile's ``_orig_mod.`` prefix (so evaluation and resume load them); with accumulation the
+    gradient cache's encoder passes are compiled too."""
     runs = {}
     for mode in ("false", "true"):
         pretrain(_cfg("simclr", tiny_overrides, "optim.max_steps=2", "train.log_every=1",
-                      f"train.compile={mode}"), tmp_path / mode)
+                      f"train.compile={mode}", f"optim.accum_steps={accum}"), tmp_path / mode)
         runs[mode] = [json.loads(x)["loss"] for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
     assert len(runs["true"]) == 2
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
@@ -179,8 +182,9 @@ def test_summary_records_provenance_identity_and_the_checkpoint_it_belongs_to(ti
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "encoder.pt").exists()
 
 
-def test_accumulation_divides_the_negatives(tiny_overrides, tmp_path):
+def test_accumulation_keeps_the_negatives_of_the_whole_batch(tiny_overrides, tmp_path):
     prov = pretrain(_cfg("simclr", tiny_overrides, "optim.accum_steps=2", "optim.max_steps=1"), tmp_path)["provenance"]
-    assert (prov["per_device_batch"], prov["negatives_per_anchor"]) == (4, 6)
+    assert (prov["per_device_batch"], prov["accum_steps"], prov["total_batch"]) == (4, 2, 8)
+    assert prov["negatives_per_anchor"] == 2 * 8 - 2  # the gradient cache: every anchor sees the whole batch
     prov = pretrain(_cfg("mae", tiny_overrides, "optim.max_steps=1"), tmp_path / "mae")["provenance"]
     assert prov["negatives_per_anchor"] is None

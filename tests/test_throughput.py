@@ -25,8 +25,8 @@ from canbench.train.recipe import build_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
-ROW_KEYS = {"method", "arch", "img_size", "patch_size", "views", "batch", "device", "precision", "compile", "data",
-            "workers", "steps", "warmup", "img_per_s", "img_per_s_wall", "step_ms_median", "step_ms_min",
+ROW_KEYS = {"method", "arch", "img_size", "patch_size", "views", "batch", "accum", "device", "precision", "compile",
+            "data", "workers", "steps", "warmup", "img_per_s", "img_per_s_wall", "step_ms_median", "step_ms_min",
             "step_ms_max", "fwd_gflop_per_img", "train_gflop_per_img", "achieved_gflop_per_s", "peak_mem_bytes",
             "peak_mem_kind", "img_per_s_ratio_to_can"}
 HW_KEYS = {"cpu_model", "cpu_cores", "torch", "torchvision", "timm", "gpu_name", "device"}
@@ -86,6 +86,14 @@ def test_time_steps_counts_and_runs_warmup():
     assert len({tuple(c.tolist()) for c in calls}) == 5  # fresh seeds every step
 
 
+def test_accumulated_steps_are_timed_with_the_gradient_cache():
+    report = run_throughput_suite(_cfgs(TINY_MODEL, ("simclr",)), ThroughputOptions(batch=8, accum=2, device="cpu",
+                                                                                   steps=1, warmup=0))
+    row = report["rows"][0]
+    assert (row["batch"], row["accum"]) == (8, 2) and row["img_per_s"] > 0
+    assert " 2 " in format_throughput_table(report).splitlines()[1]
+
+
 def test_options_and_data_specs_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="steps=0"):
         ThroughputOptions(steps=0)
@@ -99,6 +107,8 @@ def test_options_and_data_specs_are_checked(tmp_path):
         parse_data_spec(f"jpeg-gpu:{tmp_path / 'missing'}")
     assert parse_data_spec(f"jpeg:{tmp_path}") == ("jpeg", str(tmp_path))
     assert parse_data_spec("builtin") == ("builtin", None)
+    with pytest.raises(ConfigError, match="accum=3 must be >= 1 and divide batch=8"):
+        ThroughputOptions(batch=8, accum=3)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")

@@ -5,11 +5,28 @@ over :func:`param_groups` (fused on CUDA), a GradScaler for fp16 only, DDP over 
 ``torch.compile``; each call splits the batch into ``optim.accum_steps`` micro-batches, runs them under
 autocast (bf16 on GPU by default), back-propagates, clips and steps, and returns the loss terms of each
 micro-batch as device tensors (no host synchronisation).
+
+**Exact accumulation.** A method whose loss couples the samples of a batch (InfoNCE negatives, the projection
+head's BatchNorm: CAN with ``l_nce > 0``, SimCLR) accumulates with a gradient cache (Gao et al. 2021, "Scaling
+Deep Contrastive Learning Batch Size under Memory Limited Setup"), so ``accum_steps = k`` gives the loss and
+the gradients of one step on the whole batch:
+
+1. every micro-batch's encoder runs without a graph; only its pooled features ``z_i`` are kept (N x D floats);
+2. the head, its BatchNorm and InfoNCE run once on all of them, with gradients: the head's parameters get
+   theirs, and each ``z_i`` its gradient ``g_i``; BatchNorm's running statistics move once, over the whole batch;
+3. each micro-batch runs again with a graph (the same inputs: masks and noise are functions of per-sample
+   seeds, and the torch RNG state of step 1 is restored for anything else, e.g. drop path), and
+   ``sum(z_i * g_i) + (its per-sample terms) / k`` is back-propagated.
+
+Methods without a batch-coupled term (MAE; CAN without InfoNCE) accumulate plainly: each micro-batch's
+mean loss / k. Both are the one loop of :meth:`TrainStep.backward`. On several ranks the cached path averages
+the gradients itself (one all-reduce), as DDP does for the plain path.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -95,6 +112,11 @@ class TrainStep:
         self.model.train()
         self.accum = cfg.optim.accum_steps
         self.clip_grad = cfg.optim.clip_grad
+        self.cached = self.accum > 1 and self.method.batch_coupled  # exact accumulation (module docstring)
+        # the cached path calls the method's two parts itself (not through DDP, which it replaces by one
+        # all-reduce); compiled like the plain path's model when train.compile asks for it
+        self.step_terms = (torch.compile(self.method.step_terms) if self.cached and use_compile(cfg, device)
+                           else self.method.step_terms)
 
     @property
     def precision(self) -> str:
@@ -104,22 +126,110 @@ class TrainStep:
         """One optimizer step at learning rate ``lr``; ``{term: [value of each micro-batch]}`` (detached, fp32)."""
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        views, seeds = batch["views"], batch["seed"]
-        chunk = seeds.shape[0] // self.accum
-        terms: dict[str, list[torch.Tensor]] = {}
-        for i in range(self.accum):
-            micro = {"views": views[:, i * chunk:(i + 1) * chunk], "seed": seeds[i * chunk:(i + 1) * chunk]}
-            sync = i == self.accum - 1 or not hasattr(self.model, "no_sync")
-            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                     enabled=self.amp_dtype is not None):
-                out = self.model(micro)
-            loss = out["loss"] / self.accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            for k, v in out.items():
-                terms.setdefault(k, []).append(v.detach().float())
+        terms = self.backward(batch)
         optimizer_step(self.optimizer, self.scaler, self.method, self.clip_grad)
         return terms
 
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
-__all__ = ["Batch", "TrainStep", "autocast_dtype", "build_optimizer", "optimizer_step", "param_groups", "use_compile"]
+    def _scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss) if self.scaler else loss
+
+    def backward(self, batch: Batch) -> dict[str, list[torch.Tensor]]:
+        """Accumulate the gradients of one step on ``batch`` (``optim.accum_steps`` micro-batches) into ``.grad``.
+
+        Returns ``{term: [value of each micro-batch]}``; with the gradient cache the batch-coupled term is the
+        whole batch's value, repeated for each micro-batch, and ``loss`` the whole batch's loss."""
+        views, seeds = batch["views"], batch["seed"]
+        chunk = seeds.shape[0] // self.accum
+        micros = [{"views": views[:, i * chunk:(i + 1) * chunk], "seed": seeds[i * chunk:(i + 1) * chunk]}
+                  for i in range(self.accum)]
+        cache = self._feature_gradients(micros) if self.cached else None
+        terms: dict[str, list[torch.Tensor]] = {}
+        for i, micro in enumerate(micros):
+            if cache is None:  # plain accumulation (DDP syncs on the last micro-batch)
+                sync = i == self.accum - 1 or not hasattr(self.model, "no_sync")
+                with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast():
+                    out = self.model(micro)
+                self._scale(out["loss"] / self.accum).backward()
+            else:
+                _set_rng(cache.rng[i])  # the inputs of the feature pass, for torch-RNG draws (drop path)
+                with self._autocast():
+                    z, local = self.step_terms(micro)
+                out = self.method.combine({**cache.terms, **local}, self.method.weights)
+                local_loss = sum((self.method.weights[k] * v for k, v in local.items()
+                                  if self.method.weights.get(k, 0.0) > 0), torch.zeros((), device=z.device))
+                (self._scale(local_loss / self.accum) + (z.float() * cache.grads[i]).sum()).backward()
+            for k, v in out.items():
+                terms.setdefault(k, []).append(v.detach().float())
+        if cache is not None:
+            _set_rng(cache.rng_after)
+            average_gradients(self.method)
+        return terms
+
+    def _feature_gradients(self, micros: list[Batch]) -> _FeatureCache:
+        """Steps 1-2 of the gradient cache: the pooled features of every micro-batch without a graph, then the
+        batch-coupled term on all of them with one backward (head gradients, feature gradients)."""
+        rng, feats = [], []
+        with torch.no_grad(), self._autocast():
+            for micro in micros:
+                rng.append(_get_rng(self.device))
+                z, _ = self.step_terms(micro, local=False)
+                feats.append(z.float())
+        rng_after = _get_rng(self.device)
+        n = [f.shape[0] // 2 for f in feats]
+        z_all = torch.cat([f[:k] for f, k in zip(feats, n)] + [f[k:] for f, k in zip(feats, n)]).requires_grad_(True)
+        with self._autocast():
+            coupled = self.method.contrastive_terms(z_all)
+        weighted = sum(self.method.weights[k] * v for k, v in coupled.items())
+        self._scale(weighted).backward()
+        g, total = z_all.grad, sum(n)
+        grads, start = [], 0
+        for k in n:  # back to each micro-batch's [view 1 | view 2] layout
+            grads.append(torch.cat([g[start:start + k], g[total + start:total + start + k]]))
+            start += k
+        return _FeatureCache(terms={k: v.detach() for k, v in coupled.items()}, grads=grads, rng=rng,
+                             rng_after=rng_after)
+
+
+@dataclass
+class _FeatureCache:
+    terms: dict[str, torch.Tensor]  # the batch-coupled terms' values (whole batch)
+    grads: list[torch.Tensor]  # d(weighted coupled terms) / d(pooled features), per micro-batch
+    rng: list[tuple]  # torch RNG state before each micro-batch's feature pass
+    rng_after: tuple
+
+
+def _get_rng(device: torch.device) -> tuple:
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None, device)
+
+
+def _set_rng(state: tuple) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Average ``.grad`` over ranks in one flat all-reduce (what DDP does; a no-op on one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    start = 0
+    for g in grads:
+        g.copy_(flat[start:start + g.numel()].view_as(g))
+        start += g.numel()
+
+
+__all__ = ["Batch", "TrainStep", "autocast_dtype", "average_gradients", "build_optimizer", "optimizer_step",
+           "param_groups", "use_compile"]

@@ -65,6 +65,7 @@ class ThroughputOptions:
     peak_flops: float | None = None  # MFU denominator, FLOP/s (None: measured on CUDA)
     resize: str = "interpolate"  # jpeg-gpu crop+resize: interpolate (reference filter) | roi_align
     data_only: bool = False  # time the input stream alone (no model step): can the pipeline feed the step?
+    accum: int = 1  # optim.accum_steps: micro-batches per step (the gradient cache for CAN / SimCLR)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
@@ -73,6 +74,8 @@ class ThroughputOptions:
             raise ConfigError(f"batch={self.batch} must be >= 1")
         if self.steps < 1:
             raise ConfigError(f"steps={self.steps} must be >= 1")
+        if self.accum < 1 or (self.batch is not None and self.batch % self.accum):
+            raise ConfigError(f"accum={self.accum} must be >= 1 and divide batch={self.batch}")
         if self.warmup < 0:
             raise ConfigError(f"warmup={self.warmup} must be >= 0")
         if self.workers is not None and self.workers < 0:
@@ -115,7 +118,7 @@ def bench_config(cfg: Config, opts: ThroughputOptions, device: torch.device) -> 
     """A copy of ``cfg`` with the benchmark's batch, device and compile flag, validated."""
     cfg = copy.deepcopy(cfg)
     cfg.optim.batch_size = int(opts.batch)
-    cfg.optim.accum_steps = 1
+    cfg.optim.accum_steps = int(opts.accum)
     cfg.train.device = device.type
     cfg.train.compile = "true" if opts.compile else "false"
     if opts.workers is not None:
@@ -230,6 +233,7 @@ def benchmark_method(cfg: Config, opts: ThroughputOptions, device: torch.device,
     row: dict[str, Any] = {
         "method": cfg.method.name, "arch": cfg.model.arch, "img_size": cfg.model.img_size,
         "patch_size": cfg.model.patch_size, "views": method_class(cfg.method.name).num_views, "batch": opts.batch,
+        "accum": cfg.optim.accum_steps,
         "device": str(device), "precision": "-" if opts.data_only else train_step.precision,
         "compile": bool(opts.compile) and not opts.data_only, "data": opts.data, "data_only": opts.data_only,
         "workers": cfg.data.num_workers if opts.data != "synthetic" else 0,
@@ -289,13 +293,14 @@ def format_throughput_table(report: dict[str, Any]) -> str:
 
     rows = report["rows"]
     cpu = str(report["hardware"].get("device", "cpu")).startswith("cpu")
-    head = ["method", "arch", "img", "batch", "prec", "compile", "data", "img/s", "img/s wall", "step ms",
+    head = ["method", "arch", "img", "batch", "accum", "prec", "compile", "data", "img/s", "img/s wall", "step ms",
             "train GFLOP/img", "GFLOP/s" if cpu else "TFLOP/s", "MFU", "peak mem"]
     body = []
     for r in rows:
         rate = r["achieved_gflop_per_s"]
         rate_text = "-" if rate is None else f"{rate:.1f}" if cpu else f"{rate / 1e3:.1f}"
-        body.append([r["method"], r["arch"], f"{r['img_size']}/{r['patch_size']}", str(r["batch"]), r["precision"],
+        body.append([r["method"], r["arch"], f"{r['img_size']}/{r['patch_size']}", str(r["batch"]),
+                     str(r.get("accum", 1)), r["precision"],
                      "yes" if r["compile"] else "no", r["data"], f"{r['img_per_s']:.1f}",
                      f"{r['img_per_s_wall']:.1f}", f"{r['step_ms_median']:.1f}", f"{r['train_gflop_per_img']:.2f}",
                      rate_text,

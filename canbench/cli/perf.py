@@ -138,6 +138,8 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                     "data pipeline.")
     _common(p)
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 128 on GPU, 64 on CPU)")
+    p.add_argument("--accum", type=int, default=1,
+                   help="micro-batches per step (optim.accum_steps; CAN / SimCLR use the exact gradient cache)")
     add_device_flag(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the method (warm-up covers compilation)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
@@ -164,7 +166,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     opts = ThroughputOptions(batch=args.batch, device=args.device, compile=args.compile, steps=args.steps,
                              warmup=args.warmup, data=args.data, workers=args.workers,
                              peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-                             resize=args.resize, data_only=args.data_only)
+                             resize=args.resize, data_only=args.data_only, accum=args.accum)
     return _print(run_throughput_suite(method_configs(args), opts), format_throughput_table, args.json)
 
 
