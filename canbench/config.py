@@ -13,7 +13,7 @@ What a method adds (its defaults and rules) lives on the method classes (:mod:`c
 overrides. Values computed from a config (effective batch, absolute learning rates, schedule lengths,
 the crop range of the view augmentation) come from :func:`derived` and are logged, never written back.
 
-Why one module (~530 lines): the mechanism, the schema it fills and the values derived from that schema
+Why one module (~590 lines): the mechanism, the schema it fills and the values derived from that schema
 are read together; split, each part would import the others.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -116,15 +117,47 @@ def coerce(value: Any, tp: Any, key: str, strict: bool = False) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            value = float(value)
+            if not math.isfinite(value):  # no setting of any schema means infinity or NaN
+                raise ConfigError(f"{key}={value!r} is not a finite number")
+            return value
         if tp is str:
             if isinstance(value, bool):  # YAML true/false for a string field (train.compile)
                 return str(value).lower()
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+# Path-valued keys of every configuration tree: ``*.root``, ``*.val_root``, ``*.checkpoint`` and the mappings
+# ``*.roots.<name>``. Their values are paths: ``~`` and ``$VAR`` expand (:func:`expand_path`), and on the
+# command line (``--set data.root=~``) the value is taken as text, never as YAML (where ``~`` is null).
+PATH_KEYS = ("root", "val_root", "checkpoint")
+PATH_MAPPINGS = ("roots",)
+
+
+def expand_path(value: str) -> str:
+    """``~`` / ``~user`` and ``$VAR`` / ``${VAR}`` expanded (unset variables are left as written)."""
+    return os.path.expandvars(os.path.expanduser(str(value)))
+
+
+def is_path_key(key: str) -> bool:
+    """Whether ``key`` (``section.name`` or deeper) holds a path (:data:`PATH_KEYS`, or inside a ``roots``)."""
+    parts = str(key).split(".")
+    return parts[-1] in PATH_KEYS or any(p in PATH_MAPPINGS for p in parts[:-1])
+
+
+def expand_paths(key: str, value: Any) -> Any:
+    """``value`` with paths expanded when ``key`` is path-valued (a ``roots`` mapping: each of its values)."""
+    if isinstance(value, str) and is_path_key(key):
+        return expand_path(value)
+    if isinstance(value, dict) and str(key).split(".")[-1] in PATH_MAPPINGS:
+        return {k: expand_path(v) if isinstance(v, str) else v for k, v in value.items()}
     return value
 
 
@@ -147,9 +180,9 @@ def apply(obj: Any, updates: dict[str, Any], prefix: str = "", label: str = "con
         if is_dataclass(cur):
             apply(cur, v, prefix=f"{key}.", label=label, strict=strict)
         elif isinstance(cur, dict) and isinstance(v, dict):
-            setattr(obj, k, deep_merge(copy.deepcopy(cur), coerce(v, hints[k], key, strict)))
+            setattr(obj, k, deep_merge(copy.deepcopy(cur), expand_paths(key, coerce(v, hints[k], key, strict))))
         else:
-            setattr(obj, k, coerce(v, hints[k], key, strict))
+            setattr(obj, k, expand_paths(key, coerce(v, hints[k], key, strict)))
 
 
 def to_plain(obj: Any) -> Any:
@@ -178,10 +211,13 @@ def schema_keys(obj: Any, prefix: str = "") -> list[str]:
 
 
 def check_range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ``<key>=<value> is out of range: allowed [lo, hi]`` (brackets show open ends)."""
+    """Raise ``<key>=<value> is out of range: allowed [lo, hi]`` (brackets show open ends). Infinities and NaN are
+    never in range: an unbounded end (``hi=math.inf``) still means a finite number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not a finite number")
     ok_lo = value > lo if lo_open else value >= lo
     ok_hi = value < hi if hi_open else value <= hi
-    if not (ok_lo and ok_hi) or (isinstance(value, float) and math.isnan(value)):
+    if not (ok_lo and ok_hi):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise ConfigError(f"{key}={value!r} is out of range: allowed {interval}")
 
@@ -207,17 +243,29 @@ def yaml_numbers(obj: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML, so ``[1,5]``, ``0.5``, ``true`` work)."""
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML, so ``[1,5]``, ``0.5``, ``true`` work). The value of
+    a path-valued key (:func:`is_path_key`) is text with ``~`` and ``$VAR`` expanded (``null`` still unsets it)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
+    if is_path_key(key):
+        value = raw.strip()
+        if value in ("null", "None"):
+            return key.split("."), None
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # quoted: YAML unquotes it
+            value = str(yaml.safe_load(value))
+        return key.split("."), expand_path(value)
     try:
         value = yaml_numbers(yaml.safe_load(raw)) if raw.strip() != "" else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"override {text!r}: the value is not valid YAML{at} "
+                          f"({getattr(e, 'problem', None) or type(e).__name__}); quote it if it is a string, "
+                          f"e.g. {key}='\"...\"'") from None
     return key.split("."), value
 
 
@@ -306,6 +354,10 @@ class MethodConfig:
     norm_pix_loss: bool = False  # MAE's per-patch normalised pixel target (option; paper: pixels)
 
 
+DATA_PIPELINES = ("torch", "dali")
+DALI_DATASETS = ("imagefolder", "imagenet", "jft")  # = canbench.data.pipeline.JPEG_SETS
+
+
 @dataclass
 class DataConfig:
     dataset: str = "builtin"  # builtin | digits | imagefolder | a torchvision name (cifar10, ...)
@@ -322,6 +374,12 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     gpu_augment: bool = False  # decode (JPEG) and augment views batched on the device (docs/efficiency.md)
+    # torch: the CPU workers, or the own device path with gpu_augment; dali: decode and augment in an NVIDIA
+    # DALI pipeline on the device (ImageFolder JPEG sets; optional extra canbench[dali]; docs/efficiency.md)
+    pipeline: str = "torch"
+    # unreadable image files tolerated (each replaced by a fixed other sample, listed in summary.json) before a
+    # run stops: a count (>= 1) or a fraction of the data set (< 1); 0 stops at the first one (docs/data.md)
+    max_bad_images: float = 0.001
 
 
 @dataclass
@@ -348,8 +406,13 @@ class TrainConfig:
     compile: str = "auto"  # auto | true | false
     log_every: int = 10
     ckpt_every: int = 500  # steps; a checkpoint is also written at the end
+    ckpt_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last one (0: off)
     keep_checkpoints: int = 1
+    # torch CPU threads of the training process, set on every attempt (CPU results depend on it bit for bit;
+    # docs/robustness.md); 0 leaves torch's choice (the machine's cores: reproducible on that machine only)
+    threads: int = 1
     count_flops: bool = True  # FLOPs/image into summary.json (a few seconds at the end of a run)
+    wandb: bool = False  # also log to Weights & Biases (pip install 'canbench[wandb]'; offline unless WANDB_MODE)
 
 
 @dataclass
@@ -437,10 +500,18 @@ class Config:
         for key in ("decoder_depth", "proj_hidden", "proj_out", "decoder_dim", "decoder_heads"):
             check_range(f"model.{key}", getattr(mo, key), 1, math.inf)
         check_choice("data.augment", d.augment, AUGMENTS)
+        check_choice("data.pipeline", d.pipeline, DATA_PIPELINES)
+        if d.pipeline == "dali" and d.dataset not in DALI_DATASETS:
+            raise ConfigError(f"data.pipeline=dali reads ImageFolder trees of JPEGs ({', '.join(DALI_DATASETS)}); "
+                              f"data.dataset={d.dataset!r} is not one")
         check_range("data.crop_min_scale", d.crop_min_scale, 0.0, 1.0, lo_open=True)
         check_range("data.blur_kernel_frac", d.blur_kernel_frac, 0.0, 1.0)
         check_range("data.num_workers", d.num_workers, 0, math.inf)
         check_range("data.builtin_size", d.builtin_size, 1, math.inf)
+        check_range("data.max_bad_images", d.max_bad_images, 0.0, math.inf)
+        if d.max_bad_images >= 1 and not float(d.max_bad_images).is_integer():
+            raise ConfigError(f"data.max_bad_images={d.max_bad_images!r}: a count (>= 1) must be a whole number; "
+                              "a fraction of the data set is below 1")
         check_range("optim.batch_size", o.batch_size, 1, math.inf)
         check_range("optim.accum_steps", o.accum_steps, 1, math.inf)
         if o.batch_size % (o.accum_steps * world_size):
@@ -463,6 +534,8 @@ class Config:
         check_range("train.log_every", t.log_every, 1, math.inf)
         check_range("train.ckpt_every", t.ckpt_every, 1, math.inf)
         check_range("train.keep_checkpoints", t.keep_checkpoints, 1, math.inf)
+        check_range("train.ckpt_minutes", t.ckpt_minutes, 0.0, math.inf)
+        check_range("train.threads", t.threads, 0, 1024)
         if self.extra.scale is not None:
             check_choice("extra.scale", self.extra.scale, SCALES)
 
@@ -524,10 +597,12 @@ def derived(cfg: Config, dataset_len: int, world_size: int = 1) -> Derived:
 
 
 __all__ = [
-    "ARCHS", "AUGMENTS", "Config", "ConfigError", "DataConfig", "Derived", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ARCHS", "AUGMENTS", "Config", "ConfigError", "DALI_DATASETS", "DATA_PIPELINES", "DataConfig", "Derived",
+    "IMAGENET_MEAN", "IMAGENET_STD",
     "IMAGENET_TRAIN_SIZE", "LR_SCALING",
     "MethodConfig", "ModelConfig", "NOISE_MODES", "OptimConfig", "RunRecord", "SCALES", "SECTIONS", "SUITES",
     "TrainConfig", "apply", "check_choice", "check_range", "closest", "coerce", "config_keys", "crop_scale",
-    "deep_merge", "derived", "flatten", "nest", "overrides_to_dict", "parse_override", "scaled_lr", "schema_keys",
+    "deep_merge", "derived", "expand_path", "expand_paths", "flatten", "is_path_key", "nest", "overrides_to_dict",
+    "parse_override", "PATH_KEYS", "PATH_MAPPINGS", "scaled_lr", "schema_keys",
     "to_plain", "yaml_numbers",
 ]

@@ -32,13 +32,20 @@ NEUTRAL_TRAIN_KEYS: dict[str, str] = {
     "data.persistent_workers": "loader worker lifetime",
     "data.prefetch_factor": "loader look-ahead",
     "data.gpu_augment": "the same augmentation decoded and applied on the device (tested against the CPU path)",
+    "data.pipeline": "the same augmentation from the same parameters in a DALI pipeline (tested against the CPU "
+                     "path)",
+    "data.max_bad_images": "a stop threshold; which files were unreadable (and replaced) is in summary.json",
     "train.device": "where the same computation runs",
     "train.precision": "float precision of the same computation (bf16 autocast on GPU, fp32 on CPU); recorded",
     "train.compile": "torch.compile of the same model (tested equal to eager)",
     "train.log_every": "logging cadence",
     "train.ckpt_every": "checkpoint cadence (resume is exact)",
     "train.keep_checkpoints": "how many old checkpoints are kept",
+    "train.ckpt_minutes": "wall-clock checkpoint cadence (resume is exact)",
+    "train.threads": "CPU threads: changes the order of float sums (bitwise, not statistically); recorded in "
+                     "the provenance",
     "train.count_flops": "whether FLOPs are counted into summary.json",
+    "train.wandb": "whether the same scalars also go to Weights & Biases",
 }
 PER_RUN_KEYS: dict[str, str] = {"train.seed": "seeds are what a cell aggregates over, never matched"}
 RECIPE_SECTIONS = ("model", "method", "data", "optim", "train")  # config.extra is the run record, not the recipe
@@ -46,7 +53,8 @@ RECIPE_SECTIONS = ("model", "method", "data", "optim", "train")  # config.extra 
 # Fields that never make two results incomparable on their own (they are recorded, not matched).
 INFORMATIONAL = frozenset({"code_version", "commit", "dirty", "torch", "torchvision", "timm", "device_type",
                            "device_count", "device_name", "created", "world_size", "per_device_batch",
-                           "accum_steps", "total_batch", "negatives_per_anchor", "checkpoint_step", "precision"})
+                           "accum_steps", "total_batch", "negatives_per_anchor", "checkpoint_step", "precision",
+                           "threads"})
 
 
 def train_fingerprint(cfg: dict[str, Any]) -> dict[str, Any]:

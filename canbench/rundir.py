@@ -4,10 +4,12 @@
 
     <run>/
       config.yaml            the resolved config: the recipe and the run record (``extra``), written once
-      status.json            state (pending | running | done | failed | cancelled), step, phase, job ids, reason
+      status.json            state (pending | running | done | failed | cancelled | interrupted), step, job ids, reason
+      .lock                  flock of the process that owns the folder (RunDir.own): pid, host, job id, start
       metrics.jsonl          one JSON line per logging step (loss terms, lr, img/s)
       summary.json           written when training finishes: final losses, costs, fingerprint, checkpoint sha256
-      checkpoints/last.pt    everything an exact resume needs (+ step_*.pt with train.keep_checkpoints > 1)
+      checkpoints/last.pt    everything an exact resume needs (+ prev.pt, the one before, and step_*.pt with
+                             train.keep_checkpoints > 1; their sha256 in checkpoints/.checksums.json)
       encoder.pt             the encoder as a timm-loadable state dict
       eval/<suite>.json      one evaluation result per suite (metrics, fingerprint, checkpoint sha256)
       finetune/finetuned.pt  the finetuned classifier (+ source.json), read by the shift suite
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +34,18 @@ from typing import Any
 
 import yaml
 
-from canbench.config import RunRecord
-from canbench.io import file_lock, read_json, read_jsonl, write_json, write_yaml
+from canbench.config import ConfigError, RunRecord
+from canbench.io import file_lock, is_locked, read_json, read_jsonl, read_yaml, try_lock, write_json, write_yaml
 
-STATES = ("pending", "running", "done", "failed", "cancelled")
+# interrupted: the status said running, but no process owns the folder any more (killed, disk full, node lost);
+# ``grid submit`` / ``pretrain --resume`` continue it from its last good checkpoint
+STATES = ("pending", "running", "done", "failed", "cancelled", "interrupted")
+OWNER_LOCK = ".lock"  # the flock the process training (or evaluating) a run holds on its folder (RunDir.own)
+_OWNED: dict[Path, list[int]] = {}  # run folders this process owns: lock path -> [descriptor, depth]
+
+
+class RunBusyError(ConfigError):
+    """Another process owns the run folder; the message names it (pid, host, job id, start time)."""
 _SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -47,6 +58,7 @@ class RunDir:
     SUMMARY = "summary.json"
     CHECKPOINTS = "checkpoints"
     LAST = "last.pt"
+    PREV = "prev.pt"  # the checkpoint before last.pt, kept to fall back on (a corrupt or torn last.pt)
     ENCODER = "encoder.pt"
     EVAL = "eval"
     FINETUNE = "finetune"
@@ -96,6 +108,10 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoint_dir / self.LAST
 
+    @property
+    def prev_checkpoint(self) -> Path:
+        return self.checkpoint_dir / self.PREV
+
     def step_checkpoint(self, step: int) -> Path:
         return self.checkpoint_dir / f"step_{step:09d}.pt"
 
@@ -142,14 +158,13 @@ class RunDir:
 
     # ---- config and record ------------------------------------------------------------------
     def read_config(self) -> dict[str, Any] | None:
-        """The config mapping, or None when there is none; a torn or non-mapping file raises naming it."""
-        try:
-            with open(self.config_path) as f:
-                obj = yaml.safe_load(f)
-        except FileNotFoundError:
+        """The config mapping, or None when there is none; a torn or non-mapping file raises a ConfigError naming
+        the file (with line and column for a YAML syntax error)."""
+        if not self.config_path.exists():
             return None
+        obj = read_yaml(self.config_path)
         if not isinstance(obj, dict):
-            raise ValueError(f"{self.config_path}: expected a mapping, got {type(obj).__name__}")
+            raise ConfigError(f"{self.config_path}: expected a mapping, got {type(obj).__name__}")
         return obj
 
     def write_config(self, cfg: dict[str, Any]) -> None:
@@ -192,6 +207,58 @@ class RunDir:
         write_json(self.status_path, cur)
         return cur
 
+    # ---- the owner ---------------------------------------------------------------------------
+    @property
+    def owner_path(self) -> Path:
+        return self.path / OWNER_LOCK
+
+    def owner(self) -> dict[str, Any] | None:
+        """Who owns the folder now: what the owning process wrote into the lock file (pid, host, job id,
+        started), or None when no process holds the lock (a dead process never does: the kernel drops it)."""
+        key = self.owner_path.resolve()
+        if key not in _OWNED and not is_locked(key):
+            return None
+        try:
+            info = json.loads(key.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        return info if isinstance(info, dict) else {}
+
+    def live_state(self) -> str:
+        """The state a user should see: status.json's, except ``running`` with no owner is ``interrupted``."""
+        state = self.state
+        if state == "running" and self.owner() is None:
+            return "interrupted"
+        return state
+
+    @contextmanager
+    def own(self, **info: Any) -> Iterator[None]:
+        """Own the run folder for the ``with`` block: an ``flock`` on ``<run>/.lock`` holding ``info`` (pid, host,
+        job id, start time) as JSON. Another process owning it is a :class:`RunBusyError` naming the holder;
+        nesting in one process is allowed (the grid job owns the folder across training and evaluation)."""
+        key = self.owner_path.resolve()
+        if key in _OWNED:
+            _OWNED[key][1] += 1
+            try:
+                yield
+            finally:
+                _OWNED[key][1] -= 1
+            return
+        fd = try_lock(key, wait_s=1.0)  # a probe (grid status) holds it for microseconds
+        if fd is None:
+            raise RunBusyError(f"{self.path} is in use by {describe_owner(self.owner())}; one process trains a run "
+                               "folder at a time: wait for it, or stop it (grid cancel / kill its pid) and resume")
+        try:
+            payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                                  **info}, default=str).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, payload, 0)
+            _OWNED[key] = [fd, 1]
+            yield
+        finally:
+            _OWNED.pop(key, None)
+            os.close(fd)
+
     @contextmanager
     def status_lock(self, timeout_s: float = 60.0) -> Iterator[None]:
         """Held across a read-modify-write of status.json by processes other than the trainer."""
@@ -232,6 +299,18 @@ class RunDir:
                     if p.exists()), default=0.0)
 
 
+def describe_owner(info: dict[str, Any] | None) -> str:
+    """``pid 123 on host (job 456), since 2026-01-01 10:00:00``, from what :meth:`RunDir.own` wrote."""
+    if not info:
+        return "another process"
+    parts = [f"pid {info.get('pid', '?')} on {info.get('host', '?')}"]
+    if info.get("job_id"):
+        parts.append(f"(job {info['job_id']})")
+    if isinstance(info.get("started"), (int, float)):
+        parts.append(f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['started']))}")
+    return " ".join(parts)
+
+
 def find_runs(root: str | os.PathLike) -> list[RunDir]:
     """Every folder under ``root`` (``root`` included) that holds a config.yaml, sorted; hidden folders and
     a run's own sub-folders (eval, checkpoints, finetune, ...) are not searched."""
@@ -248,4 +327,28 @@ def find_runs(root: str | os.PathLike) -> list[RunDir]:
     return sorted(runs, key=lambda r: r.path)
 
 
-__all__ = ["RunDir", "RunRecord", "STATES", "find_runs"]
+def check_path_part(value: Any, key: str) -> str:
+    """``value`` as one folder name, else a ConfigError naming ``key`` and the value.
+
+    The one rule for every name that becomes a path part (a grid's name, a scale, a run's folder name, a variant
+    label): a non-empty string that is not ``.`` or ``..``, holds no separator (``/``, ``\\``: so no absolute
+    path either), no NUL, newline or other control character, and fits a file name (255 bytes)."""
+    if not isinstance(value, str):
+        why = f"a name must be a string, not {type(value).__name__}"
+    elif not value:
+        why = "the name is empty"
+    elif value in (".", ".."):
+        why = f"{value!r} is {'this' if value == '.' else 'the parent'} folder, not a name"
+    elif "/" in value or "\\" in value:
+        why = "a name must not hold '/' or '\\' (it would be a path, or an absolute one)"
+    elif any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        why = "a name must not hold NUL, newlines or other control characters"
+    elif len(value.encode("utf-8", "surrogateescape")) > 255:
+        why = "the name is longer than 255 bytes"
+    else:
+        return value
+    raise ConfigError(f"{key}={value!r} cannot be a folder name: {why}")
+
+
+__all__ = ["OWNER_LOCK", "RunBusyError", "RunDir", "RunRecord", "STATES", "check_path_part", "describe_owner",
+           "find_runs"]

@@ -17,6 +17,9 @@ ImageNet-C / -R / background-shift sets): ``noise_blur`` (binomial blur + Gaussi
 ``severity`` 1-5), ``rendition`` (outline-only pencil sketch on paper), ``new_background``
 (background textures and a hue band never used in training), ``occlusion`` (a rectangle over part of
 the object).
+
+Why one module: the renderer, its scene parameters and the data set classes define one thing — the
+bytes of the built-in images — and must change together (any edit changes every image).
 """
 
 from __future__ import annotations
@@ -355,6 +358,10 @@ def render_image(sdf: SDF, seed_keys: tuple[int, int, int, int], size: int, vari
 # ----------------------------------------------------------------------------------------------------
 
 
+_SHARED_CACHE_BYTES = 1 << 30  # rendered images kept per process, over all data sets (oldest set dropped first)
+_RENDERED: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (split, size, ..., scene) -> (images, rendered?)
+
+
 class BuiltinShapes(torch.utils.data.Dataset):
     """Procedural shapes: ``ds[i] -> (uint8 tensor (3, H, W), int label)``; label = i % num_classes."""
 
@@ -382,10 +389,17 @@ class BuiltinShapes(torch.utils.data.Dataset):
         shapes = MAIN_SHAPES if family == "main" else HELDOUT_SHAPES
         self.classes: list[str] = list(shapes)
         self._sdfs = list(shapes.values())
-        # lazily filled cache of rendered images (each index rendered at most once per process)
+        # lazily filled cache of rendered images, shared by every instance of the same images in this process
+        # (each suite of an evaluation builds its own data sets): each image is rendered at most once per process
         nbytes = size * 3 * img_size * img_size
-        self._cache = np.zeros((size, 3, img_size, img_size), np.uint8) if nbytes <= cache_mb * 2**20 else None
-        self._cached = np.zeros(size, dtype=bool)
+        self._cache, self._cached = None, np.zeros(size, dtype=bool)
+        if nbytes <= cache_mb * 2**20:
+            key = (split, size, img_size, seed, family, variant, severity, self.scene)
+            if key not in _RENDERED:
+                while _RENDERED and sum(c.nbytes for c, _ in _RENDERED.values()) + nbytes > _SHARED_CACHE_BYTES:
+                    _RENDERED.pop(next(iter(_RENDERED)))  # the oldest set goes first
+                _RENDERED[key] = (np.zeros((size, 3, img_size, img_size), np.uint8), np.zeros(size, dtype=bool))
+            self._cache, self._cached = _RENDERED[key]
 
     @property
     def num_classes(self) -> int:

@@ -12,6 +12,13 @@ Split names: ``train``/``val``/``test`` are mapped to each set's own names (e.g.
 ``train`` -> ``trainval``); a split a set does not have is an error listing the ones it has (no silent
 fallback from val to test). Caltech-101 and SUN397 ship without splits: a deterministic stratified 80/20
 train/test split (seed 0) is derived, see :func:`stratified_split`.
+
+A file that cannot be decoded raises :class:`BadImageError` naming it; pretraining replaces such a sample
+deterministically (:func:`read_or_replace`) and counts the files (:class:`BadImages`, up to
+``data.max_bad_images``), evaluation stops (docs/data.md, "Unreadable images").
+
+Why one module (~530 lines): the registry, the decoder every file-backed set uses and the policy for files
+that decoder cannot read belong together; split, each part would import the others.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import pickle
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from canbench.config import ConfigError
+from canbench.io import safe_pickle_load
 
 from .builtin import VARIANTS, BuiltinShapes, load_digits
 
@@ -51,13 +59,103 @@ def _missing(name: str, path: Path | str | None, layout: str, what: str = "") ->
 # Image helpers
 
 
+class BadImageError(ConfigError):
+    """An image file of a data set cannot be read or decoded (empty, truncated, not an image, gone); ``path``
+    names it. Pretraining replaces such a sample (:func:`read_or_replace`); evaluation stops naming the file."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        if "Original Traceback" in message:  # re-raised by a DataLoader worker: keep the original one-line message
+            lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+            message = lines[-1].split("Error: ", 1)[-1].strip() if lines else message
+        super().__init__(message)
+        self.path = path
+
+
+_TV_WHERE = re.compile(r"^\w+, \S+\.cpp:\d+, ")  # torchvision's "decode_jpeg, /path/decode_jpeg.cpp:171, " prefix
+
+
 def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to uint8 RGB ``(3, H, W)`` (torchvision.io; grayscale/CMYK/alpha converted)."""
+    """Decode an image file to uint8 RGB ``(3, H, W)`` (torchvision.io; grayscale/CMYK/alpha converted).
+    A file that cannot be read or decoded raises :class:`BadImageError` naming it."""
     from torchvision.io import ImageReadMode, decode_image
 
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates torchvision.io decoding (-> TorchCodec)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        return decode_image(str(path), mode=ImageReadMode.RGB)
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates torchvision.io decoding (-> TorchCodec)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise unreadable_image(path, e) from None
+
+
+def unreadable_image(path: str | os.PathLike, exc: BaseException) -> BadImageError:
+    """:class:`BadImageError` for ``path`` with the first sentence of what the reader said (its source location cut)."""
+    why = _TV_WHERE.sub("", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return BadImageError(f"unreadable image {path}: {why.split('. ')[0]}", path=os.fspath(path))
+
+
+# Unreadable files in a pretraining set: each is replaced by another sample, a pure function of
+# (seed, epoch, index, attempt), so runs stay reproducible whatever the workers; the run stops past
+# data.max_bad_images (docs/data.md "Unreadable images").
+STREAM_REPLACE = 102  # key of the replacement stream (outside rng's per-sample streams 1-4 and the order stream 101)
+MAX_REPLACEMENTS = 16  # unreadable replacements in a row before a sample gives up
+
+
+def replacement_index(n: int, seed: int, epoch: int, index: int, attempt: int) -> int:
+    """The sample standing in for unreadable sample ``index`` at its ``attempt``-th try: uniform over the
+    other ``n - 1`` samples, drawn from a generator keyed ``(seed, STREAM_REPLACE, epoch, index, attempt)``."""
+    if n < 2:
+        raise ConfigError(f"sample {index} is unreadable and the data set has no other sample to replace it")
+    from canbench.rng import torch_generator
+
+    j = int(torch.randint(n - 1, (1,), generator=torch_generator(seed, STREAM_REPLACE, epoch, index, attempt)))
+    return j + (j >= index)
+
+
+def read_or_replace(read: Callable[[int], Any], n: int, seed: int, epoch: int, index: int) -> tuple[Any, list[str]]:
+    """``(read(j), bad_paths)``: ``j`` is ``index`` or, while ``read`` raises :class:`BadImageError`, the next
+    :func:`replacement_index`; ``bad_paths`` lists the unreadable files met on the way (usually none)."""
+    bad: list[str] = []
+    j = index
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        try:
+            return read(j), bad
+        except BadImageError as e:
+            bad.append(e.path or f"index {j}")
+            j = replacement_index(n, seed, epoch, index, attempt)
+    raise BadImageError(f"sample {index} and {MAX_REPLACEMENTS} replacements are unreadable images (first: "
+                        f"{bad[0]}, last: {bad[-1]}): is the data root readable?", path=bad[0])
+
+
+def bad_image_limit(max_bad_images: float, n: int) -> int:
+    """How many distinct unreadable files a run of ``n`` samples tolerates: ``data.max_bad_images`` as a count
+    (>= 1) or as a fraction of ``n`` (< 1, rounded down)."""
+    return int(max_bad_images) if max_bad_images >= 1 else int(max_bad_images * n)
+
+
+class BadImages:
+    """The distinct unreadable files a run met (in the order met) and its limit; :meth:`add` raises
+    :class:`BadImageError` once there are more than ``limit``."""
+
+    def __init__(self, limit: int, paths: Sequence[str] = ()) -> None:
+        self.limit = limit
+        self.paths: dict[str, None] = dict.fromkeys(paths)
+
+    def add(self, paths: Sequence[str]) -> None:
+        new = [p for p in paths if p not in self.paths]
+        if not new:
+            return
+        for p in new:
+            self.paths[p] = None
+            log.warning("unreadable image %s: replaced by another sample (%d so far, limit %d)", p,
+                        len(self.paths), self.limit)
+        if len(self.paths) > self.limit:
+            raise BadImageError(f"{len(self.paths)} unreadable images, more than data.max_bad_images allows "
+                                f"({self.limit}); first: {next(iter(self.paths))}; fix or remove them, or raise "
+                                "data.max_bad_images", path=next(iter(self.paths)))
+
+    def summary(self, shown: int = 1000) -> dict[str, Any]:
+        """``{"count", "limit", "paths"}`` for summary.json (the first ``shown`` paths)."""
+        return {"count": len(self.paths), "limit": self.limit, "paths": list(self.paths)[:shown]}
 
 
 def to_rgb_tensor(img: Any) -> torch.Tensor:
@@ -154,6 +252,16 @@ def stratified_split(labels: Sequence[int], split: str, test_fraction: float = 0
 # md5 sums, which rules out the small fixtures the tests write in the same format.
 
 
+def _cifar_batch(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """One CIFAR pickle (a Python 2 pickle: str decoded as latin-1), read with the restricted unpickler
+    (:func:`canbench.io.safe_pickle_load`: plain data and NumPy arrays only, never code)."""
+    entry = safe_pickle_load(path, encoding="latin1")
+    missing = [k for k in keys if k not in entry] if isinstance(entry, dict) else list(keys)
+    if missing:
+        raise ConfigError(f"{path}: not a CIFAR batch: missing key(s) {missing} (a {type(entry).__name__})")
+    return entry
+
+
 class CIFARDataset(Dataset):
     """CIFAR-10 / CIFAR-100 from the python pickle batches (``cifar-10-batches-py`` / ``cifar-100-python``)."""
 
@@ -168,12 +276,18 @@ class CIFARDataset(Dataset):
         base = Path(root) / folder
         data, labels = [], []
         for fname in train_files if split == "train" else test_files:
-            with open(base / fname, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(int(x) for x in entry[labels_key])
-        with open(base / meta, "rb") as f:
-            self.classes = list(pickle.load(f, encoding="latin1")[names_key])
+            entry = _cifar_batch(base / fname, ("data", labels_key))
+            try:
+                images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                ys = [int(x) for x in entry[labels_key]]
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{base / fname}: 'data' must hold rows of 3072 uint8 pixels and "
+                                  f"{labels_key!r} integers ({e})") from None
+            if len(ys) != len(images):
+                raise ConfigError(f"{base / fname}: {len(images)} images but {len(ys)} {labels_key!r}")
+            data.append(images)
+            labels.extend(ys)
+        self.classes = list(_cifar_batch(base / meta, (names_key,))[names_key])
         self.data = torch.from_numpy(np.concatenate(data))  # (N, 3, 32, 32) uint8
         self.labels = labels
         self.split = split

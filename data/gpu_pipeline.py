@@ -156,15 +156,19 @@ class JpegViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        from .datasets import decode_rgb
+    def _read(self, index: int) -> tuple[torch.Tensor, bool, int, int, int, int]:
+        """(JPEG bytes or decoded pixels, encoded?, height, width, label, index) of sample ``index``; BadImageError
+        when the file cannot be read or decoded. A JPEG without its end-of-image marker (truncated) is decoded here."""
+        from .datasets import decode_rgb, unreadable_image
 
-        epoch, index = int(key[0]), int(key[1])
         path = self.files[index]
-        data = read_bytes(path)
+        try:
+            data = read_bytes(path)
+        except (RuntimeError, OSError) as e:
+            raise unreadable_image(path, e) from None
         try:
             info = jpeg_info(data)
-            encoded = info.gpu_decodable
+            encoded = info.gpu_decodable and _has_end_marker(data)
         except NotAJpegError:
             info, encoded = None, False
         if encoded:
@@ -172,11 +176,24 @@ class JpegViewDataset(Dataset):
         else:  # decode here like the reference (torchvision.io, RGB); ship pixels
             data = decode_rgb(path)
             h, w = data.shape[1:]
+        return data, encoded, h, w, int(self.labels[index]), index
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        from .datasets import read_or_replace
+
+        epoch, index = int(key[0]), int(key[1])
+        (data, encoded, h, w, label, source), bad = read_or_replace(self._read, len(self.files), self.seed, epoch,
+                                                                    index)
         g = torch_generator(self.seed, epoch, index, STREAM_AUGMENT)
         boxes, photo = sample_view_params(g, h, w, self.aug_cfg, self.num_views)
         return {"data": data, "encoded": encoded, "boxes": boxes, "photo": photo,
-                "seed": sample_seed(self.seed, epoch, index), "label": int(self.labels[index]),
-                "index": index, "epoch": epoch}
+                "seed": sample_seed(self.seed, epoch, index), "label": label,
+                "index": index, "epoch": epoch, "bad": bad, "source": source}  # source: the file read (replaced?)
+
+
+def _has_end_marker(data: torch.Tensor, tail: int = 1024) -> bool:
+    """Whether the JPEG's last ``tail`` bytes hold the end-of-image marker (a truncated file has none)."""
+    return b"\xff\xd9" in data[-tail:].numpy().tobytes()
 
 
 def collate_jpeg(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

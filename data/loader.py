@@ -20,6 +20,7 @@ from canbench.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 from canbench.rng import STREAM_AUGMENT, sample_seed, torch_generator
 
 from .augment import TwoViewTransform, ViewAugConfig, apply_photometric
+from .datasets import read_or_replace
 
 # Key of the data-order stream: the permutation of epoch e is seeded by (seed, STREAM_ORDER, e). It lies
 # outside methods.rng's per-sample streams (1-4), which are keyed (seed, epoch, index, stream).
@@ -85,7 +86,9 @@ class StepBatchSampler:
 
 
 class PretrainDataset(Dataset):
-    """``ds[(epoch, index)]`` -> views of ``base[index]`` drawn from the per-sample generator."""
+    """``ds[(epoch, index)]`` -> views of ``base[index]`` drawn from the per-sample generator. An unreadable image
+    is replaced by another sample (:func:`.datasets.read_or_replace`, a pure function of the key), and its path
+    travels in the item's ``bad`` list (the run counts them, :class:`.datasets.BadImages`)."""
 
     def __init__(self, base: Dataset, transform: TwoViewTransform, seed: int) -> None:
         self.base, self.transform, self.seed = base, transform, seed
@@ -95,16 +98,22 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = int(key[0]), int(key[1])
-        img, label = self.base[index]
+        (img, label), bad = read_or_replace(self.base.__getitem__, len(self.base), self.seed, epoch, index)
         g = torch_generator(self.seed, epoch, index, STREAM_AUGMENT)
         crops, photo = self.transform(img, g)  # (V, 3, S, S) uint8, (V, K) float32
         return {"crops": crops, "photo": photo, "seed": sample_seed(self.seed, epoch, index),
-                "label": int(label), "index": index, "epoch": epoch}
+                "label": int(label), "index": index, "epoch": epoch, "bad": bad}
 
 
-def collate_ids(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The per-sample integers every pretraining batch carries: seed, label, index, epoch (int64 tensors)."""
-    return {k: torch.tensor([it[k] for it in items], dtype=torch.int64) for k in ("seed", "label", "index", "epoch")}
+def collate_ids(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The per-sample integers every pretraining batch carries: seed, label, index, epoch (int64 tensors); and,
+    only when some sample replaced an unreadable file, ``bad``: those files' paths."""
+    out: dict[str, Any] = {k: torch.tensor([it[k] for it in items], dtype=torch.int64)
+                           for k in ("seed", "label", "index", "epoch")}
+    bad = [p for it in items for p in it.get("bad", ())]
+    if bad:
+        out["bad"] = bad
+    return out
 
 
 def collate_views(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

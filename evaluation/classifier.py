@@ -20,6 +20,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from canbench.config import ConfigError
 from canbench.io import torch_load, torch_save_atomic
 
 CHECKPOINT_FORMAT = "canbench.finetuned/1"
@@ -30,6 +31,9 @@ _TIMM_NAMES = {(192, 12, 3): "vit_tiny_patch16_224", (384, 12, 6): "vit_small_pa
                (768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224",
                (1280, 32, 16): "vit_huge_patch14_224"}
 FRESH_KEYS = frozenset({"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"})
+# the timm keyword arguments classifier_spec writes: the only ones a finetuned checkpoint may name
+SPEC_KWARGS = frozenset({"img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                         "class_token", "global_pool", "fc_norm", "num_classes", "drop_path_rate"})
 
 
 def _square(v: Any, what: str) -> int:
@@ -125,7 +129,14 @@ def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu") -
                            f"(keys: {sorted(ckpt)[:20]})")
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: checkpoint format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
-    spec = {"model_name": ckpt["model_name"], "model_kwargs": dict(ckpt["model_kwargs"]),
+    # the file names what timm builds: only what classifier_spec writes is accepted (timm.create_model also takes
+    # checkpoint_path, pretrained_cfg_overlay, hf-hub: and local-dir: names, which would read other files or fetch)
+    kwargs = ckpt["model_kwargs"]
+    if ckpt["model_name"] not in _TIMM_NAMES.values() or not isinstance(kwargs, dict) or set(kwargs) - SPEC_KWARGS:
+        extra = sorted(set(kwargs) - SPEC_KWARGS) if isinstance(kwargs, dict) else kwargs
+        raise ConfigError(f"{p}: model_name={ckpt['model_name']!r} / model_kwargs {extra!r} are not what canbench "
+                          f"writes (names: {sorted(_TIMM_NAMES.values())}; kwargs: {sorted(SPEC_KWARGS)})")
+    spec = {"model_name": ckpt["model_name"], "model_kwargs": dict(kwargs),
             "norm_eps": ckpt.get("norm_eps", TIMM_DEFAULT_EPS)}
     spec["model_kwargs"]["drop_path_rate"] = 0.0  # evaluation only
     model = build_classifier(spec)

@@ -22,7 +22,7 @@ from canbench.config import ConfigError, ModelConfig, yaml_numbers
 from canbench.evaluation import recipes as RC
 from canbench.evaluation.presets import resolve_preset
 from canbench.evaluation.source import Source, finetuned_meta
-from canbench.evaluation.splits import DataSpec, family
+from canbench.evaluation.splits import DataSpec, check_root_is_read, family
 from canbench.rundir import RunDir
 from canbench.runtime import resolve_device
 from canbench.train.recipe import scale_of
@@ -109,10 +109,13 @@ def build_context(source: Source, out: str | Path, *, scale: str | None = None, 
     model_keys_set = {k for layer in layers for k in layer.get("model", {})}
     model_cfg = None
     if source.kind == "external":
-        from canbench.evaluation.external import external_model_config
+        from canbench.evaluation.external import external_model_config, protocol_pool
 
         model_cfg = external_model_config(source.checkpoint(), dataclasses.asdict(settings.model), source.arch,
                                           pre.model if pre else None)
+        if "pool" not in model_keys_set:  # the format's own frozen-feature protocol (MAE: the cls token)
+            model_cfg.pool = protocol_pool(source.fmt, model_cfg.class_token)
+        settings.model.pool = model_cfg.pool  # the pooling used is what the recipe fingerprint records
         img_size = model_cfg.img_size
         enc_desc = {"source": source.fmt, "arch": model_cfg.arch, "img_size": model_cfg.img_size,
                     "patch_size": model_cfg.patch_size, "class_token": model_cfg.class_token, "pool": model_cfg.pool}
@@ -130,13 +133,17 @@ def build_context(source: Source, out: str | Path, *, scale: str | None = None, 
             enc_desc = {"source": "canbench", "arch": mo.arch, "img_size": mo.img_size, "patch_size": mo.patch_size,
                         "class_token": mo.class_token, "pool": mo.pool}
     data = settings.data
+    origin = "data.dataset"
     if data.dataset is None:
         if cfg is not None:  # JFT-300M has no labelled evaluation split: its encoders are evaluated on IN-1K
             data.dataset = "imagefolder" if cfg.data.dataset == "jft" else cfg.data.dataset
+            origin = "the pretraining run's data.dataset"
         elif pre is not None and pre.data.get("dataset"):
             data.dataset = pre.data["dataset"]
+            origin = f"preset {pre.name}"
         else:
             data.dataset = "imagefolder"  # public checkpoints: IN-1K as <root>/{train,val}/<wnid>/*
+    check_root_is_read(data.dataset, data, origin)  # never a root silently ignored for generated data
     if data.root is None and cfg is not None and data.dataset == cfg.data.dataset \
             and cfg.optim.epoch_unit != "imagenet":
         # the pretraining root is the evaluation root (IN-1K pretraining); with "ImageNet-equivalent epochs"

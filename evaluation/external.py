@@ -5,6 +5,9 @@ adapted); an unknown key is an error, and the final load is strict, so the error
 unexpected and missing keys by name. Files are always read with ``torch.load(weights_only=True)``
 (or safetensors).
 
+Frozen-feature suites pool a public checkpoint as its format's own protocol does (:data:`PROTOCOL_POOL`:
+MAE's linear probe reads the cls token); ``model.pool`` overrides it.
+
 MAE checkpoints are ``{"model": state_dict, ...}``. Pretraining ones hold ``cls_token``,
 ``pos_embed`` (1, 1 + L, D; the cls row first), ``patch_embed.proj.*``, ``blocks.*``, ``norm.*``
 plus ``mask_token`` and ``decoder_*`` (dropped). Finetuned ones (global pool) hold ``fc_norm.*`` and
@@ -134,6 +137,19 @@ def load_external(model: nn.Module, path_or_sd: str | Path | dict[str, torch.Ten
     return {"source": source, "format": fmt, "loaded": sorted(mapped), "dropped": sorted(set(sd) - set(mapped))}
 
 
+# The pooling of each format's own frozen-feature protocol, used by the linear probe, kNN and few-shot unless
+# ``model.pool`` is set. facebookresearch/mae's main_linprobe.py builds models_vit with global_pool=False: the
+# cls token after the final norm; its main_finetune.py uses global_pool=True (the mean of the patch tokens, then
+# fc_norm), which canbench's finetune classifier always does. timm weights keep the average pool.
+PROTOCOL_POOL = {"mae": "cls", "timm": "avg"}
+
+
+def protocol_pool(fmt: str | None, class_token: bool) -> str:
+    """``model.pool`` default of a public checkpoint: :data:`PROTOCOL_POOL` of its format ("avg" without a cls
+    token)."""
+    return PROTOCOL_POOL.get(str(fmt), "avg") if class_token else "avg"
+
+
 def external_model_config(sd: dict[str, torch.Tensor], model: dict[str, Any], arch: str | None = None,
                           preset_model: dict[str, Any] | None = None) -> ModelConfig:
     """The ViT shape of a public checkpoint: read from its tensors, checked against --arch / model.* settings."""
@@ -169,5 +185,9 @@ def external_model_config(sd: dict[str, torch.Tensor], model: dict[str, Any], ar
     patch_size = model.get("patch_size") or int(patch)
     img_size = model.get("img_size") or grid * int(patch)
     class_token = has_cls if model.get("class_token") is None else bool(model["class_token"])
+    pool = model.get("pool") or "avg"
+    if pool == "cls" and not class_token:
+        raise ConfigError("model.pool=cls needs a cls token: the checkpoint has none"
+                          + ("" if not has_cls else " left (model.class_token=false)") + "; use model.pool=avg")
     return ModelConfig(arch=name, img_size=int(img_size), patch_size=int(patch_size), class_token=class_token,
-                       pool=model.get("pool", "avg"))
+                       pool=pool)

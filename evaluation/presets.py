@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from canbench.config import SCALES, ConfigError, yaml_numbers
 from canbench.evaluation.recipes import PROFILES, validate_settings
+from canbench.io import read_yaml
 
 
 @dataclass
@@ -33,10 +32,7 @@ def resolve_preset(name: str | None) -> EvalPreset | None:
         return EvalPreset(name, scale="paper" if name == "mae" else name, profile=name)
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
-        with open(p) as f:
-            raw = yaml_numbers(yaml.safe_load(f) or {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"eval preset {p}: expected a mapping")
+        raw = yaml_numbers(read_yaml(p, mapping=True))
         if "config" in raw or "methods" in raw:  # a pretraining preset file
             return _from_pretrain_preset(str(p), raw)
         profile = raw.pop("profile", None) or raw.get("scale")
@@ -61,6 +57,10 @@ def _from_pretrain_preset(name: str, raw: dict[str, Any]) -> EvalPreset:
     if scale not in SCALES:
         raise ConfigError(f"preset {name!r} has scale {scale!r}; expected one of {SCALES}")
     cfg = raw.get("config") or {}
+    for key, section in (("config", cfg), *((f"config.{k}", cfg.get(k) or {}) for k in ("model", "data")
+                                           if isinstance(cfg, dict))):
+        if not isinstance(section, dict):
+            raise ConfigError(f"preset {name!r}: {key}: expected a mapping of keys, got {section!r}")
     return EvalPreset(name, scale=scale, profile=scale, model=dict(cfg.get("model") or {}),
                       data=dict(cfg.get("data") or {}))
 

@@ -248,7 +248,7 @@ class ExternalModel:
     img_size: int | None = None
     patch_size: int | None = None
     class_token: bool | None = None
-    pool: str = "avg"
+    pool: str = "avg"  # frozen-feature pooling; unset, a public checkpoint uses its format's (external.PROTOCOL_POOL)
 
 
 @dataclass
@@ -309,6 +309,9 @@ class EvalSettings:
         for key in ("knn.k", "knn.batch_size", "fewshot.batch_size", "shift.batch_size"):
             sec, k = key.split(".")
             check_range(key, getattr(getattr(self, sec), k), 1, math.inf)
+        if self.shift.test_size is not None:
+            check_range("shift.test_size", self.shift.test_size, 1, math.inf)
+        check_range("shift.num_workers", self.shift.num_workers, 0, math.inf)
         apply(LinearHeadConfig(), self.fewshot.linear_head, prefix="fewshot.linear_head.", label="evaluation setting",
               strict=True)
 

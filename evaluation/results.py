@@ -2,13 +2,15 @@
 
 A result records the metrics, the protocol fingerprint (docs/reports.md) and the checkpoint it was
 computed from. :func:`is_done` lets ``canbench evaluate`` skip suites already finished with the same
-protocol (and the same checkpoint, when given); a result whose fingerprint differs is not done.
+protocol (and the same checkpoint, when given); a result whose fingerprint differs is not done, and neither
+is one that cannot be read (a file torn by a crash): it is recomputed, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 from canbench.fingerprint import mismatches, protocol_fingerprint
 from canbench.io import file_sha256, read_json, write_json
 from canbench.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def result_path(run_dir: str | Path, suite: str) -> Path:
@@ -101,8 +105,10 @@ def read_result(run_dir: str | Path, suite: str) -> dict[str, Any] | None:
         return None
     try:
         rec = read_json(path)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"evaluation result {path} is not valid JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"evaluation result {path}: expected a JSON object, got {type(rec).__name__}")
     for key in ("suite", "metrics", "fingerprint", "checkpoint"):
         if key not in rec:
             raise ValueError(f"evaluation result {path} lacks the key {key!r}")
@@ -116,7 +122,11 @@ def why_not_done(run_dir: str | Path, suite: str, fingerprint: dict[str, Any],
     ``keys``: compare only these fingerprint fields (e.g. the settings known before a suite runs);
     None compares every non-informational field of either side.
     """
-    rec = read_result(run_dir, suite)
+    try:
+        rec = read_result(run_dir, suite)
+    except ValueError as e:  # torn by a crash or edited by hand: not done, recomputed (atomically replaced)
+        log.warning("%s; treating %s as not done and recomputing it", e, suite)
+        return f"the stored result is unreadable ({e})"
     if rec is None:
         return f"no result at {result_path(run_dir, suite)}"
     diff = mismatches(_plain(rec["fingerprint"]), _plain(fingerprint), keys=list(keys) if keys is not None else None)

@@ -12,7 +12,9 @@
 4. **Run or skip** — each suite writes ``<out>/eval/<suite>.json`` atomically
    (:func:`canbench.evaluation.results.write_result`) with its fingerprint and the checkpoint's sha256 and
    step. A suite whose stored result has the same planned fields (:data:`~.suites.PLAN_KEYS`) and checkpoint
-   is skipped unless ``force``.
+   is skipped unless ``force``. Each new result's numbers also go to the run's TensorBoard (and Weights &
+   Biases when its config says ``train.wandb: true``) as ``eval/<suite>/<metric>`` at the checkpoint's step
+   (:func:`canbench.train.logger.open_sinks`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from canbench.evaluation.context import Context, build_context
 from canbench.evaluation.source import Source, resolve_source
 from canbench.evaluation.suites import PLAN_KEYS, SUITES, SuitePlan, plain
 from canbench.rundir import RunDir
+from canbench.runtime import rank_world
+from canbench.train.logger import check_sinks, open_sinks
 
 log = logging.getLogger(__name__)
 
@@ -94,32 +98,43 @@ def evaluate(source: Source, suites: Sequence[str], out: str | Path | None = Non
                 names.insert(names.index(n), need)
                 plans[need] = plan
 
+    check_sinks(RunDir(out).read_config())  # train.wandb without the package fails before any suite runs
     done: dict[str, dict[str, Any]] = {}
-    for n in names:
-        plan = plans[n]
-        reason = "forced (--force)" if force else why_rerun(ctx, plan)
-        path = ctx.out.result_path(n)
-        if reason is None:
-            log.info("%s: up to date (%s), skipped", n, path)
-            done[n] = {**R.read_result(out, n), "path": str(path), "skipped": True}
-            continue
-        log.info("%s: running (%s)", n, reason)
-        t0 = time.time()
-        res = plan.run()
-        fields = dict(res["fingerprint_fields"])
-        for k, v in plan.plan_fields.items():
-            if k == "dataset" and fields.get("dataset") not in (None, v):
-                raise RuntimeError(f"{n}: suite reported dataset {fields['dataset']!r}, planned {v!r}")
-            fields[k] = v
-        fp = R.make_fingerprint(fields)
-        metrics = {**res["metrics"], "elapsed_s": round(time.time() - t0, 1)}
-        R.write_result(out, n, metrics, fp, plan.checkpoint())
-        if metrics.get("errors"):  # written first: the other data sets' results are kept
-            raise SuiteError(f"{n} failed on {', '.join(metrics['errors'])} ("
-                             + "; ".join(f"{k}: {v}" for k, v in metrics["errors"].items())
-                             + f"); the other data sets' results are in {path}, and the next evaluate reruns it")
-        log.info("%s: done in %.0fs -> %s", n, time.time() - t0, path)
-        done[n] = {**R.read_result(out, n), "path": str(path), "skipped": False}
+    sinks = None  # opened at the first suite that runs (a call whose suites are all up to date writes nothing)
+    try:
+        for n in names:
+            plan = plans[n]
+            reason = "forced (--force)" if force else why_rerun(ctx, plan)
+            path = ctx.out.result_path(n)
+            if reason is None:
+                log.info("%s: up to date (%s), skipped", n, path)
+                done[n] = {**R.read_result(out, n), "path": str(path), "skipped": True}
+                continue
+            log.info("%s: running (%s)", n, reason)
+            t0 = time.time()
+            res = plan.run()
+            fields = dict(res["fingerprint_fields"])
+            for k, v in plan.plan_fields.items():
+                if k == "dataset" and fields.get("dataset") not in (None, v):
+                    raise RuntimeError(f"{n}: suite reported dataset {fields['dataset']!r}, planned {v!r}")
+                fields[k] = v
+            fp = R.make_fingerprint(fields)
+            metrics = {**res["metrics"], "elapsed_s": round(time.time() - t0, 1)}
+            ckpt = plan.checkpoint()
+            R.write_result(out, n, metrics, fp, ckpt)
+            if metrics.get("errors"):  # written first: the other data sets' results are kept
+                raise SuiteError(f"{n} failed on {', '.join(metrics['errors'])} ("
+                                 + "; ".join(f"{k}: {v}" for k, v in metrics["errors"].items())
+                                 + f"); the other data sets' results are in {path}, and the next evaluate reruns it")
+            log.info("%s: done in %.0fs -> %s", n, time.time() - t0, path)
+            if sinks is None and rank_world()[0] == 0:
+                sinks = open_sinks(RunDir(out))
+            if sinks is not None:
+                sinks.log(metrics, int(ckpt.get("step") or 0), prefix=f"eval/{n}")
+            done[n] = {**R.read_result(out, n), "path": str(path), "skipped": False}
+    finally:
+        if sinks is not None:
+            sinks.close()
     return done
 
 

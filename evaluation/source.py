@@ -39,7 +39,11 @@ def run_config(run: RunDir | None) -> Config | None:
     """The resolved config of a run folder, or None without one."""
     if run is None or not run.config_path.is_file():
         return None
-    return config_from_dict(run.read_config() or {})
+    try:
+        return config_from_dict(run.read_config() or {})
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(str(run.config_path)) else f"{run.config_path}: {msg}") from None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canbench.config import ConfigError
+from canbench.config import ConfigError, expand_path, flatten, is_path_key
 from canbench.data.builtin import BUILTIN_VERSION
 from canbench.data.datasets import DATASETS, build_dataset, check_dataset_layout
 from canbench.data.identity import identify
@@ -90,10 +90,34 @@ def check_dir(what: str, path: str | Path | None, key: str) -> Path:
     """``path`` as an existing folder, or a ConfigError naming ``what`` and the ``key`` that sets it."""
     if path is None:
         raise ConfigError(f"{what}: no data root given; set {key}=/path/to/it")
-    p = Path(path).expanduser()
+    p = Path(expand_path(str(path)))
     if not p.is_dir():
         raise ConfigError(f"{what}: root {p} does not exist (or is not a folder); set {key}=/path/to/it")
     return p
+
+
+def check_root_is_read(dataset: str, data: Any, origin: str = "data.dataset", prefix: str = "data.") -> None:
+    """A ``data.root`` / ``data.val_root`` given for a generated evaluation set (built-in, digits) would be ignored
+    and the suites would run on other data than meant: a ConfigError naming the keys (``origin``: where the data
+    set came from; ``prefix``: how the caller spells the section, e.g. ``eval.data.`` in a grid)."""
+    if family(dataset) != "builtin":
+        return
+    for key in ("root", "val_root"):
+        value = getattr(data, key, None)
+        if value:
+            raise ConfigError(f"{prefix}{key}={value} is set, but the evaluation data set is {dataset!r} ({origin}), "
+                              f"which is generated and reads no root; to evaluate on the data under that root set "
+                              f"{prefix}dataset=imagefolder (IN-1K as <root>/train and <root>/val) or the registered "
+                              f"set it holds, else leave {prefix}{key} unset")
+
+
+def check_setting_roots(settings: dict[str, Any]) -> None:
+    """Every data root an evaluation settings mapping names (``data.root``, ``data.val_root``, ``fewshot.root``,
+    ``fewshot.roots.<name>``, ``shift.roots.<set>``) is an existing folder, else a ConfigError naming the key and
+    the path. A grid checks its runs' evaluation roots with it before anything trains."""
+    for key, value in flatten(settings or {}).items():
+        if value is not None and is_path_key(key) and not key.endswith(".checkpoint"):
+            check_dir(f"evaluation setting {key}", value, key)
 
 
 def registry_check(name: str, root: Path, split: str, key: str) -> None:
@@ -183,6 +207,6 @@ def fewshot_specs(name: str, s: Any, test_size_default: int | None) -> tuple[Dat
             DataSpec("imagefolder", split, label=name, root=str(base)))
 
 
-__all__ = ["BUILTIN_FEWSHOT_SETS", "BUILTIN_SEED", "DataSpec", "IMAGENET_NAMES", "check_dir", "eval_split",
-           "family", "fewshot_specs", "generated_sets", "imagenet_specs", "main_specs", "num_classes",
-           "registry_check"]
+__all__ = ["BUILTIN_FEWSHOT_SETS", "BUILTIN_SEED", "DataSpec", "IMAGENET_NAMES", "check_dir", "check_root_is_read",
+           "check_setting_roots", "eval_split", "family", "fewshot_specs", "generated_sets", "imagenet_specs",
+           "main_specs", "num_classes", "registry_check"]

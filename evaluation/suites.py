@@ -180,7 +180,10 @@ def plan_fewshot(ctx: Context) -> SuitePlan:
         return {"metrics": metrics, "fingerprint_fields": {**merged, "dataset": list(names)}}
 
     def failed_before() -> str | None:
-        stored = R.read_result(ctx.out.path, "fewshot") if ctx.out.result_path("fewshot").is_file() else None
+        try:
+            stored = R.read_result(ctx.out.path, "fewshot") if ctx.out.result_path("fewshot").is_file() else None
+        except ValueError:  # unreadable: why_not_done already says it is not done
+            stored = None
         errors = (stored or {}).get("metrics", {}).get("errors")
         return f"the stored result failed on {', '.join(errors)}" if errors else None
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from canbench.reports.cells import fmt_key, lower_is_better, to_cells
 from canbench.reports.claim_specs import FEWSHOT, SHIFT, ClaimSpec, all_claim_specs
+from canbench.reports.collect import RANDOM_INIT
 from canbench.reports.noise import FAILS, HOLDS, INCONCLUSIVE, Noise, claim_verdict, floor_for, pooled, quantile
 from canbench.reports.paper import paper_value
 
@@ -377,7 +378,9 @@ def _ratios(df: pd.DataFrame) -> dict[str, float]:
 def evaluate_claims(results: pd.DataFrame, pretrain: pd.DataFrame | None = None,
                     flops_table: pd.DataFrame | None = None) -> list[Claim]:
     """Every claim, judged per (scale, fingerprint) group on :func:`collect` output (+ :func:`collect_pretrain`
-    output for the FLOPs claim)."""
+    output for the FLOPs claim). Random-init encoders are a reference, never an arm of a claim."""
+    if len(results) and "method" in results:
+        results = results[results["method"] != RANDOM_INIT]
     cells = to_cells(results)
     out: list[Claim] = []
     for spec in all_claim_specs():

@@ -32,6 +32,7 @@ from canbench.rundir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
 
+RANDOM_INIT = "random_init"  # the method column of a run whose config says extra.random_init (step-0 encoder)
 # Run-level columns every DataFrame of this module starts with.
 RUN_COLUMNS = [
     "run_dir", "run_id", "run_name", "state", "method", "arch", "seed", "benchmark", "scale", "grid_name", "preset",
@@ -124,7 +125,8 @@ def config_meta(cfg: dict) -> dict[str, Any]:
     rec = RunRecord.from_dict(cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}, strict=False)
     axes = {str(k): v for k, v in (rec.axes or {}).items()}
     return {
-        "method": _get(cfg, "method.name"),
+        # an untrained encoder is its own arm (the random-init reference), never one of the method's seeds
+        "method": RANDOM_INIT if rec.random_init else _get(cfg, "method.name"),
         "arch": _get(cfg, "model.arch"),
         "seed": _get(cfg, "train.seed"),
         "benchmark": rec.benchmark,

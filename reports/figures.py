@@ -2,6 +2,8 @@
 
 Inputs are the frames of :mod:`canbench.reports.collect` (already filtered to the runs wanted).
 With no usable data a figure still comes back, saying "not run at this scale" — never an error.
+Accuracy figures carry their references: chance (100 k / classes of the evaluation set) and, when the results
+hold an untrained encoder (``extra.random_init``), its number through the same evaluation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from canbench.methods import METHODS  # noqa: E402
-from canbench.reports.tables import ARCH_LABELS, method_label  # noqa: E402
+from canbench.reports.collect import RANDOM_INIT  # noqa: E402
+from canbench.reports.tables import ARCH_LABELS, chance, method_label  # noqa: E402
 
 NOT_RUN = "not run at this scale"
 CAN_DEFAULTS = {k: METHODS["can"].defaults[k] for k in ("l_nce", "sigma_max", "lam")}
@@ -35,6 +38,8 @@ def not_run_figure(title: str, detail: str = "") -> Figure:
 
 
 def _color(method: str) -> str:
+    if method == RANDOM_INIT:
+        return "0.6"
     order = list(METHODS)  # the registry's order picks matplotlib's cycle: can C0 (blue), simclr C1 (orange), ...
     return f"C{order.index(method) % 10}" if method in order else "tab:gray"
 
@@ -44,8 +49,56 @@ def _label(method: str) -> str:
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
+    """Methods present, registry order first, a random-init encoder last."""
     present = list(dict.fromkeys(df["method"]))
-    return [m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS)
+    return ([m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS and m != RANDOM_INIT)
+            + [m for m in present if m == RANDOM_INIT])
+
+
+def reference_values(results: pd.DataFrame, suite: str, metric: str = "top1",
+                     dataset: str | None = None) -> list[tuple[str, float]]:
+    """(label, y) of the references of one accuracy: the random-init encoder's mean (when present) and chance."""
+    out: list[tuple[str, float]] = []
+    df = _select(results, suite, metric)
+    if dataset is not None and len(df):
+        df = df[df["dataset"] == dataset]
+    rnd = df[df["method"] == RANDOM_INIT] if len(df) else df
+    if len(rnd):
+        out.append((f"random init {rnd['value'].mean():.1f} (n={rnd['run_dir'].nunique()})",
+                    float(rnd["value"].mean())))
+    data = next((str(d) for d in (results["pretrain_data"] if results is not None and len(results) else [])
+                 if isinstance(d, str)), "")
+    c = chance(suite, metric, dataset or "", data)
+    if c is not None:
+        out.append((f"chance {c:.1f}", c))
+    return out
+
+
+def draw_references(ax, refs: list[tuple[str, float]]) -> None:
+    """Horizontal reference lines (random init dashed grey, chance dotted black), labelled for the legend."""
+    for label, y in refs:
+        style = dict(color="0.45", ls="--") if label.startswith("random") else dict(color="black", ls=":")
+        ax.axhline(y, lw=1.2, label=label, **style)
+
+
+def dedupe_trainings(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (training recipe, seed, suite, metric, set, shots): the same training reached by two grids
+    (or shared between them) is one sample of its method, not two."""
+    if not len(df) or "recipe" not in df:
+        return df
+    key = df["recipe"].map(lambda r: repr(sorted(r.items())) if isinstance(r, dict) else repr(r))
+    cols = [c for c in ("seed", "method", "suite", "metric", "dataset", "shots") if c in df]
+    return df[~pd.concat([key.rename("_k"), df[cols].astype(str)], axis=1).duplicated()]
+
+
+def hours_label(pretrain: pd.DataFrame) -> str:
+    """What the runs' hours are: GPU-hours, CPU-hours, or device-hours when both kinds ran."""
+    kinds = {fp.get("device_type") for fp in pretrain.get("fingerprint", []) if isinstance(fp, dict)} - {None}
+    if kinds == {"cuda"}:
+        return "GPU-hours"
+    if kinds == {"cpu"}:
+        return "CPU device-hours"
+    return "device-hours (GPU and CPU)" if kinds else "device-hours"
 
 
 def _select(results: pd.DataFrame, suite: str, metric: str = "top1") -> pd.DataFrame:
@@ -90,9 +143,11 @@ def _main_setting(df: pd.DataFrame) -> pd.DataFrame:
 
 def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite: str = "linear",
                             metric: str = "top1") -> Figure:
-    """Fig. 1 (left) style: accuracy against total training FLOPs and against GPU-hours, per method."""
+    """Fig. 1 (left) style: accuracy against total training FLOPs and against device-hours, per method (one point
+    per (arch, epochs); each training counted once), with the random-init and chance references."""
     title = f"{suite} {metric} vs training compute (Fig. 1 left style)"
-    acc = _main_setting(_select(results, suite, metric))
+    refs = reference_values(results, suite, metric)
+    acc = _main_setting(dedupe_trainings(_select(results, suite, metric)))
     if not len(acc) or pretrain is None or not len(pretrain):
         return not_run_figure(title, "needs eval results and pretraining summaries")
     p = pretrain[["run_dir", "flops_train", "steps", "batch_size", "gpu_hours", "device_hours"]].copy()
@@ -105,7 +160,7 @@ def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite
         return not_run_figure(title, "no run has both an eval result and a summary")
     fig, axes = plt.subplots(1, 2, figsize=PAGE, constrained_layout=True)
     for ax, xcol, xlabel in ((axes[0], "train_flops", "total training FLOPs"),
-                             (axes[1], "hours", "GPU-hours (device-hours where no GPU)")):
+                             (axes[1], "hours", hours_label(pretrain[pretrain["run_dir"].isin(df["run_dir"])]))):
         for m in _methods(df):
             d = df[df["method"] == m].dropna(subset=[xcol])
             if not len(d):
@@ -124,15 +179,18 @@ def fig_accuracy_vs_compute(results: pd.DataFrame, pretrain: pd.DataFrame, suite
             if math.floor(math.log10(xs.min())) == math.floor(math.log10(xs.max())):  # no decade tick inside
                 ax.set_xticks(sorted({float(xs.min()), float(xs.max())}))
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+        draw_references(ax, refs)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{suite} {metric} (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}\n{_scale_note(df)}", fontsize=10)
     return fig
 
 
-def _grouped_bars(ax, df: pd.DataFrame, cat: str, methods: list[str]) -> None:
+def _grouped_bars(ax, df: pd.DataFrame, cat: str, methods: list[str],
+                  chance_of: dict[str, float | None] | None = None) -> None:
+    """Bars per method within each category; ``chance_of``: a dotted chance segment over each category."""
     cats = sorted(set(df[cat]), key=str)
     x = np.arange(len(cats))
     width = 0.8 / max(1, len(methods))
@@ -141,7 +199,15 @@ def _grouped_bars(ax, df: pd.DataFrame, cat: str, methods: list[str]) -> None:
         ys = [d["mean"].get(c, np.nan) for c in cats]
         es = [d["std"].get(c, 0.0) for c in cats]
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, ys, width, yerr=es, capsize=2, color=_color(m),
-               label=_label(m))
+               label=_label(m), hatch="//" if m == RANDOM_INIT else None, edgecolor="white" if m == RANDOM_INIT
+               else None)
+    drawn = False
+    for xi, c in zip(x, cats):
+        y = (chance_of or {}).get(c)
+        if y is not None:
+            ax.hlines(y, xi - 0.45, xi + 0.45, colors="black", linestyles=":", lw=1.2,
+                      label=None if drawn else "chance")
+            drawn = True
     ax.set_xticks(x)
     ax.set_xticklabels([str(c).replace("_", "_\n") if len(str(c)) > 12 else str(c) for c in cats], fontsize=7)
     ax.grid(axis="y", alpha=0.3)
@@ -162,13 +228,14 @@ def fig_fewshot(results: pd.DataFrame) -> Figure:
                              constrained_layout=True)
     methods = _methods(agg)
     for ax, k in zip(axes.flat, shots):
-        _grouped_bars(ax, agg[agg["shots"] == k], "dataset", methods)
+        sub = agg[agg["shots"] == k]
+        _grouped_bars(ax, sub, "dataset", methods, {d: chance("fewshot", "top1", d) for d in set(sub["dataset"])})
         ax.set_title(f"{int(k)}-shot", fontsize=9)
         ax.set_ylabel("top-1 (%)")
     for ax in list(axes.flat)[len(shots):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{title}\n{_scale_note(df)}; error bars: std over pretraining seeds", fontsize=10)
+    fig.suptitle(f"{title}\n{_scale_note(df)}; error bars: std over pretraining seeds; dotted: chance", fontsize=10)
     return fig
 
 
@@ -180,7 +247,7 @@ def fig_robustness(results: pd.DataFrame) -> Figure:
         return not_run_figure(title)
     agg = _mean_std(df, ["method", "dataset"])
     fig, ax = plt.subplots(figsize=PAGE, constrained_layout=True)
-    _grouped_bars(ax, agg, "dataset", _methods(agg))
+    _grouped_bars(ax, agg, "dataset", _methods(agg), {d: chance("shift", "top1", d) for d in set(agg["dataset"])})
     ax.set_ylabel("top-1 (%)")
     ax.legend(fontsize=8)
     fig.suptitle(f"{title}\n{_scale_note(df)}", fontsize=10)
@@ -204,6 +271,7 @@ def fig_mask_ratio(results: pd.DataFrame, suite: str = "linear") -> Figure:
         return not_run_figure(title)
     fig, ax = plt.subplots(figsize=PAGE, constrained_layout=True)
     _curve(ax, df, "mask_ratio", _methods(df))
+    draw_references(ax, reference_values(results, suite))
     ax.set_xlabel("mask ratio")
     ax.set_ylabel(f"{suite} top-1 (%)")
     ax.legend(fontsize=8)
@@ -236,19 +304,20 @@ def fig_hparams(results: pd.DataFrame, suite: str = "linear") -> Figure:
             ax.set_yticks([])
         else:
             _curve(ax, d, a, ["can"])
+            draw_references(ax, reference_values(results, suite))
             if a == "l_nce" and (d[a] > 0).any():
                 ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlabel(labels[a], fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel(f"{suite} top-1 (%)")
+    axes[0].legend(fontsize=6)
     alls = pd.concat(list(sweeps.values()))
     fig.suptitle(f"{title}\n{_scale_note(alls)}", fontsize=10)
     return fig
 
 
-def fig_loss_curves(curves: pd.DataFrame, max_legend: int = 12) -> Figure:
+def fig_loss_curves(curves: pd.DataFrame, max_legend: int = 12, title: str = "Training losses per run") -> Figure:
     """Training-loss curves per run: one panel per logged term (loss, infonce, rec, denoise)."""
-    title = "Training losses per run"
     terms = [t for t in ("loss", "infonce", "rec", "denoise")
              if curves is not None and len(curves) and t in curves and curves[t].notna().any()]
     if not terms:
@@ -281,23 +350,33 @@ def fig_loss_curves(curves: pd.DataFrame, max_legend: int = 12) -> Figure:
     return fig
 
 
-EFFICIENCY_COLUMNS = ["method", "arch", "n", "fwd GFLOP/img", "train GFLOP/img", "img/s", "GPU-hours",
-                      "peak mem GiB"]
+EFFICIENCY_COLUMNS = ["method", "arch", "device", "n", "fwd GFLOP/img", "train GFLOP/img", "img/s",
+                      "device-hours", "peak mem GiB"]
+
+
+def device_of(fp: object) -> str:
+    """``8 x NVIDIA H100`` / ``1 x cpu`` from a run's fingerprint; ``?`` when not recorded."""
+    if not isinstance(fp, dict) or not fp.get("device_type"):
+        return "?"
+    name = fp.get("device_name") or fp.get("device_type")
+    return f"{fp.get('device_count', 1)} x {name}"
 
 
 def efficiency_table(pretrain: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, arch): FLOPs per image (G), img/s, GPU-hours and peak memory (GiB), means over runs."""
+    """Per (method, arch, device): FLOPs per image (G), img/s, device-hours (GPU-hours on GPUs, CPU-hours on
+    CPUs: the device column says which) and peak memory (GiB), means over runs."""
     if pretrain is None or not len(pretrain):
         return pd.DataFrame(columns=EFFICIENCY_COLUMNS)
     df = pretrain.copy()
     for c in ("flops_forward", "flops_train", "img_per_s", "gpu_hours", "device_hours", "peak_mem_bytes"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["hours"] = df["gpu_hours"].where(df["gpu_hours"] > 0, df["device_hours"])
-    g = df.groupby(["method", "arch"], dropna=False)
+    df["device"] = [device_of(fp) for fp in df.get("fingerprint", [None] * len(df))]
+    g = df.groupby(["method", "arch", "device"], dropna=False)
     out = pd.DataFrame({
         "n": g.size(), "fwd GFLOP/img": g["flops_forward"].mean() / 1e9,
         "train GFLOP/img": g["flops_train"].mean() / 1e9, "img/s": g["img_per_s"].mean(),
-        "GPU-hours": g["hours"].mean(), "peak mem GiB": g["peak_mem_bytes"].mean() / 2**30,
+        "device-hours": g["hours"].mean(), "peak mem GiB": g["peak_mem_bytes"].mean() / 2**30,
     }).reset_index()
     order = {m: i for i, m in enumerate(METHODS)}
     out = out.sort_values(["arch", "method"], key=lambda s: s.map(order).fillna(99) if s.name == "method" else s)
@@ -310,8 +389,8 @@ def fig_efficiency(pretrain: pd.DataFrame) -> Figure:
     tab = efficiency_table(pretrain)
     if not len(tab):
         return not_run_figure(title)
-    cells = [[_label(r["method"]), ARCH_LABELS.get(r["arch"], str(r["arch"])), str(int(r["n"]))]
-             + [("—" if pd.isna(r[c]) else f"{r[c]:.3g}") for c in EFFICIENCY_COLUMNS[3:]]
+    cells = [[_label(r["method"]), ARCH_LABELS.get(r["arch"], str(r["arch"])), r["device"], str(int(r["n"]))]
+             + [("—" if pd.isna(r[c]) else f"{r[c]:.3g}") for c in EFFICIENCY_COLUMNS[4:]]
              for _, r in tab.iterrows()]
     fig = plt.figure(figsize=(PAGE[0], 0.9 + 0.3 * (len(cells) + 1)))
     ax = fig.add_axes([0.03, 0.03, 0.94, 0.94 - 0.5 / fig.get_figheight()])

@@ -25,6 +25,7 @@ from canbench.reports.cells import (
     describe_mismatches,
     to_cells,
 )
+from canbench.reports.collect import RANDOM_INIT
 from canbench.reports.paper import paper_numbers
 from canbench.reports.reference import expected_fingerprint
 
@@ -53,6 +54,8 @@ SHAPES: dict[str, tuple[list[str], list[tuple[str, dict[str, str]]]]] = {
 }
 def method_label(method: str) -> str:
     """How a method prints: its class's ``label`` when registered (SimCLR†), else the name as given."""
+    if method == RANDOM_INIT:
+        return "random init"
     cls = METHODS.get(method)
     return cls.label if cls is not None else method
 ARCH_LABELS = {"vit_base": "ViT-B", "vit_large": "ViT-L", "vit_small": "ViT-S", "vit_tiny": "ViT-Ti",
@@ -250,6 +253,73 @@ def results_view(agg: pd.DataFrame, benchmark: str) -> TableView:
             or (i not in constant and any(r[i] for r in rows))]
     return TableView(name=f"results:{benchmark}", title=title, header=[header[i] for i in keep],
                      rows=[[r[i] for i in keep] for r in rows])
+
+
+SUITE_ORDER = ("linear", "knn", "fewshot", "finetune", "shift", "train_loss")
+# classes of the evaluation sets canbench reads (the built-in families are counted from canbench.data.builtin)
+CLASS_COUNTS = {"digits": 10, "cifar10": 10, "cifar100": 100, "caltech101": 101, "stanfordcars": 196, "dtd": 47,
+                "oxfordiiitpet": 37, "flowers102": 102, "sun397": 397, "in1k": 1000, "imagenet": 1000}
+
+
+def chance(protocol: str, metric: str, dataset: str, pretrain_data: str = "") -> float | None:
+    """Top-1 / top-5 of guessing on the evaluation set (100 k / classes), where its class count is known."""
+    from canbench.data.builtin import HELDOUT_CLASSES, MAIN_CLASSES
+
+    k = {"top1": 1, "top1_best": 1, "mean_shifted_top1": 1, "top5": 5, "top5_best": 5}.get(metric)
+    if k is None or protocol == "train_loss":
+        return None
+    name = dataset or pretrain_data or ""
+    classes = {"builtin_heldout": len(HELDOUT_CLASSES), **CLASS_COUNTS}.get(name)
+    if classes is None and name.startswith("builtin"):  # the built-in test split and its shifted variants
+        classes = len(MAIN_CLASSES)
+    return None if classes is None else 100.0 * min(k, classes) / classes
+
+
+def results_matrix(agg: pd.DataFrame, benchmark: str) -> TableView:
+    """One benchmark's cells with the methods side by side (plus random init and chance as references).
+
+    Rows are (protocol, metric, set, shots) in :data:`SUITE_ORDER`; a column per method (registry order, a
+    random-init encoder last) holds ``mean ± std (n=k)``. Variants of a method (ablations) get their own
+    column. Title and notes say what is constant and what the references are.
+    """
+    df = agg[agg["table"] == benchmark] if len(agg) else agg
+    if not len(df):
+        return TableView(name=f"matrix:{benchmark}", title=f"Results of benchmark '{benchmark}'", header=[], rows=[])
+    arms = list(dict.fromkeys(zip(df["method"], df["variant"])))
+    order = {m: i for i, m in enumerate(METHODS)}
+    arms.sort(key=lambda a: (a[0] == RANDOM_INIT, order.get(a[0], 99), a[0], a[1]))
+    labels = [method_label(m) + (f" {v}" if v else "") for m, v in arms]
+    pdata = str(df["pretrain_data"].iloc[0])
+    keys = sorted({(r["protocol"], r["metric"], r["dataset"], r["shots"]) for r in df.to_dict("records")},
+                  key=lambda k: (SUITE_ORDER.index(k[0]) if k[0] in SUITE_ORDER else 99, k[0],
+                                 k[1] not in ("top1", "mean_shifted_top1"), k[1], k[2], float(k[3] or 0)))
+    cell = {(r["protocol"], r["metric"], r["dataset"], r["shots"], r["method"], r["variant"]): r
+            for r in df.to_dict("records")}
+    rows = []
+    for p, m, d, k in keys:
+        out = [p.replace("_", " "), m, d.replace("builtin_", "") if d else "", k]
+        for arm in arms:
+            r = cell.get((p, m, d, k, *arm))
+            out.append("—" if r is None else fmt_mean_std(r["mean"], r["std"], r["n"], m))
+        c = chance(p, m, d, pdata)
+        rows.append(out + ["" if c is None else f"{c:.1f}"])
+    header = ["Protocol", "Metric", "Set", "Shots", *labels, "chance"]
+    keep = [i for i in range(len(header)) if i < 2 or i >= 4 or any(r[i] for r in rows)]
+    archs = sorted({ARCH_LABELS.get(a, a) for a in df["arch"]})
+    title = (f"Results of benchmark '{benchmark}': {', '.join(archs)} pretrained on {pdata}, "
+             f"{', '.join(sorted(set(df['epochs'])))} ep (mean ± std over seeds, n)")
+    notes = ["chance: 100 x k / classes of the evaluation set (k = 1 for top-1, 5 for top-5)."]
+    if RANDOM_INIT in {a[0] for a in arms}:
+        notes.append("random init: the same encoder untrained (step 0), through the same evaluation: what "
+                     "pretraining has to beat.")
+    else:
+        notes.append("random init: no untrained encoder in these results (a run with extra.random_init: true "
+                     "adds this reference).")
+    if any(p == "train_loss" for p, *_ in keys):
+        notes.append("train loss rows: the final training losses (mean of the last tenth of the steps; lower is "
+                     "better).")
+    return TableView(name=f"matrix:{benchmark}", title=title, header=[header[i] for i in keep],
+                     rows=[[r[i] for i in keep] for r in rows], notes=notes)
 
 
 def build_views(results: pd.DataFrame, benchmark: str | None = None, paper: pd.DataFrame | None = None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +23,19 @@ from canbench.rundir import RunDir
 
 from .executors import BACKENDS, FAILED_STATES, Backend, JobState, Submitted, get_backend
 from .grid import GridSpec, Run, expand_all, load_spec, split_overrides
-from .runstore import collect, default_root, grid_lock, list_runs, prepare_run
+from .runstore import (
+    adopt_training,
+    claim_training,
+    claimant,
+    collect,
+    default_root,
+    grid_lock,
+    is_trained,
+    list_runs,
+    prepare_run,
+    trained_twin,
+    training_key,
+)
 
 log = logging.getLogger("canbench.grid")
 
@@ -44,8 +58,14 @@ class SubmitReport:
         return f"{len(self.runs)} runs under {self.root}: " + ", ".join(parts)
 
 
-def _log_tail(path: str | None, n: int = 20) -> str:
+def _log_tail(path: str | None, within: Path, n: int = 20) -> str:
+    """The last ``n`` lines of a job's log, read only when the log lies inside the run store ``within``: the path
+    comes from status.json, which may have been written by someone else, and the tail is written back into it."""
     if not path:
+        return ""
+    try:
+        Path(path).resolve().relative_to(Path(within).resolve())
+    except (ValueError, OSError):
         return ""
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -54,19 +74,31 @@ def _log_tail(path: str | None, n: int = 20) -> str:
     return "\n".join(lines[-n:])
 
 
+def _mark_interrupted(d: Path, why: str) -> None:
+    """Status ``interrupted`` (what it was is kept in ``was``): the run is dead, not running or queued."""
+    run = RunDir(d)
+    with run.status_lock():
+        st = run.read_status()
+        if st.get("state") in ("done", "failed", "cancelled", "interrupted") or run.owner() is not None:
+            return
+        run.write_status("interrupted", was=st.get("state"),
+                         reason=f"{why}; `grid submit` resumes it from its last checkpoint")
+
+
 def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
     """Bring each run's status in line with its job and classify it.
 
     Returns folder -> one of ``done``, ``failed``, ``cancelled`` (as recorded), ``active`` (its job
-    is queued or running), ``new`` (never submitted) or ``resumable`` (its job is gone before the
-    run finished; it continues from its checkpoint). A job that ended as CANCELLED, or after a
+    is queued or running, or a live process owns the run folder: :meth:`RunDir.owner`), ``new`` (never
+    submitted) or ``resumable`` (its job is gone and no process owns the folder before the run finished: it is
+    marked ``interrupted`` and continues from its checkpoint). A job that ended as CANCELLED, or after a
     ``grid cancel``, makes the run ``cancelled``; one that ended FAILED / TIMEOUT / OUT_OF_MEMORY /
     NODE_FAIL makes it ``failed`` with the scheduler's state and the log's tail as reason.
     """
     statuses = {d: RunDir(d).read_status() for d in run_dirs}
     by_exec: dict[str, list[Path]] = {}
     for d, st in statuses.items():
-        if st.get("state") in ("pending", "running") and st.get("job_id") and st.get("executor"):
+        if st.get("state") in ("pending", "running", "interrupted") and st.get("job_id") and st.get("executor"):
             by_exec.setdefault(st["executor"], []).append(d)
     job_states: dict[Path, JobState] = {}
     for name, dirs in by_exec.items():
@@ -83,12 +115,14 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
         if state in ("done", "failed", "cancelled"):
             out[d] = state
             continue
-        if not st.get("job_id"):
-            out[d] = NEW
+        if RunDir(d).owner() is not None:  # a live process trains it, whatever became of the job that started it
+            out[d] = ACTIVE
             continue
         js = job_states.get(d)
-        if js is None:  # a job id without an executor: never really submitted
-            out[d] = NEW
+        if not st.get("job_id") or js is None:  # never submitted (or a job id without an executor)
+            if state == "running":  # a trainer (e.g. `canbench pretrain`) wrote running, and no process owns it
+                _mark_interrupted(d, "no process owns the run folder (its trainer was killed or lost)")
+            out[d] = NEW if state == "pending" else RESUMABLE
             continue
         if js.alive:
             out[d] = ACTIVE
@@ -97,11 +131,13 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
             RunDir(d).update_status("cancelled", reason=f"job {st['job_id']} was cancelled ({js.detail})")
             out[d] = "cancelled"
         elif js.state in FAILED_STATES:
-            tail = _log_tail(st.get("log_err")) or _log_tail(st.get("log_out"))
+            tail = _log_tail(st.get("log_err"), d.parent) or _log_tail(st.get("log_out"), d.parent)
             RunDir(d).update_status("failed", reason=f"job {st['job_id']} ended as {js.state} before the run finished",
                           traceback=tail)
             out[d] = "failed"
         else:  # the job exited without finishing this run (stopped, killed, lost): resume it
+            if state != "interrupted":
+                _mark_interrupted(d, f"job {st['job_id']} is gone ({js.detail}) and no process owns the run folder")
             out[d] = RESUMABLE
     return out
 
@@ -132,24 +168,85 @@ def plan(spec: GridSpec, scale: str, overrides: list[str] | None = None, executo
     return runs, root, res
 
 
+def default_store(root: str | Path | None) -> Path:
+    """Where grids share trainings: ``runs`` for the default roots (``runs/<grid>/<scale>``), else the grid root
+    itself — nothing is written outside a root the user named; ``--store`` widens it (the demo passes its
+    ``runs/demo`` for its grids under ``runs/demo/<grid>``)."""
+    return Path("runs") if root is None else Path(root)
+
+
+def _share_training(d: Path, store: Path, backend: Backend) -> str | None:
+    """Before submitting run ``d``: adopt a twin's finished training (same config but for ``extra``) now; or, on
+    an executor whose jobs hold an allocation (SLURM), defer while a twin's job trains it. Returns the skip
+    reason when deferred, None to submit (a local or debug job waits for a training twin, then adopts)."""
+    run = RunDir(d)
+    run.update_status(None, train_store=str(store.resolve()))  # before the job starts: it looks for twins there
+    if is_trained(d):
+        return None
+    cfg = run.read_config() or {}
+    key = training_key(cfg)
+    twin = trained_twin(store, key, exclude=d)
+    if twin is not None:
+        adopt_training(twin, d)
+        if not (cfg.get("extra") or {}).get("suites"):  # nothing to evaluate: no job needed
+            run.update_status("done", phase="finished", step=(run.read_summary() or {}).get("steps"),
+                              finished=time.time())
+            return f"done: trained once already, in {twin}"
+        log.info("%s: trained once already, in %s; submitted for its evaluation only", d.name, twin)
+        return None
+    owner = claimant(store, key)
+    if owner is not None and owner.resolve() != d.resolve():
+        st = RunDir(owner).read_status()
+        if backend.name == "slurm" and st.get("state") in ("pending", "running") and st.get("job_id"):
+            return f"waits for the same training in {owner} (submit again when it is done)"
+        return None
+    claim_training(store, key, d)
+    return None
+
+
+COMMANDS_FILE = "commands.jsonl"  # in a grid root: one line per submission (the report's provenance page)
+
+
+def record_command(root: Path, grid: str, scale: str, executor: str, overrides: list[str] | None) -> None:
+    """Append the command line that submitted this grid (argv, folder, time, code version) to its root."""
+    from canbench.fingerprint import code_version
+    from canbench.io import append_jsonl
+
+    append_jsonl(Path(root) / COMMANDS_FILE, {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(["canbench", *sys.argv[1:]])
+        if Path(sys.argv[0]).name in ("canbench", "__main__.py") else shlex.join(sys.argv),
+        "cwd": os.getcwd(), "grid": grid, "scale": scale, "executor": executor, "overrides": list(overrides or []),
+        "code_version": code_version()})
+
+
 def submit_grid(spec: GridSpec | str | Path, scale: str = "smoke", executor: str = "local",
                 root: str | Path | None = None, overrides: list[str] | None = None, retry_failed: bool = False,
-                wait: bool = False, backend: Backend | None = None, poll_s: float | None = None) -> SubmitReport:
-    """Submit what is not done or running; idempotent and safe against a concurrent submit."""
+                wait: bool = False, backend: Backend | None = None, poll_s: float | None = None,
+                store: str | Path | None = None) -> SubmitReport:
+    """Submit what is not done or running; idempotent and safe against a concurrent submit.
+
+    ``store`` (default :func:`default_store`): run folders of any grid under it share a training when their
+    configs differ only in the run record, so each distinct config trains once (:mod:`.runstore`)."""
     spec = spec if isinstance(spec, GridSpec) else load_spec(spec)
     backend = backend or get_backend(executor)
     backend.check()
+    store = Path(store) if store is not None else default_store(root)
     runs, root, res = plan(spec, scale, overrides, backend.name, root)
     backend.check_resources(res)
     report = SubmitReport(root=root, runs=runs)
     with grid_lock(root):
         dirs = [prepare_run(root, r.folder_name, r.cfg.to_dict()) for r in runs]
+        record_command(root, spec.name, scale, backend.name, overrides)
         kinds = reconcile(dirs)
         todo = []
         for d in dirs:
             kind = kinds[d]
             if kind in (NEW, RESUMABLE, "cancelled") or (kind == "failed" and retry_failed):
-                todo.append(d)
+                deferred = _share_training(d, store, backend)
+                if deferred is not None:
+                    report.skipped.setdefault(deferred, []).append(d)
+                else:
+                    todo.append(d)
             else:
                 reason = {"failed": "failed (use --retry-failed)", ACTIVE: "queued or running"}.get(kind, kind)
                 report.skipped.setdefault(reason, []).append(d)
@@ -191,6 +288,27 @@ def status_grid(root: str | Path):
     return collect(root)
 
 
+def _stop_owners(dirs: list[Path], wait_s: float = 15.0) -> None:
+    """SIGTERM to the process that still owns each run folder on this host (one whose job is gone, e.g. an
+    orphaned trainer); it stops after its current step. Waits up to ``wait_s`` for the folders to be free."""
+    import signal
+    import socket
+
+    pids = set()
+    for d in dirs:
+        info = RunDir(d).owner()
+        pid = (info or {}).get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and info.get("host") == socket.gethostname():
+            try:
+                os.kill(pid, signal.SIGTERM)
+                pids.add(pid)
+            except OSError:
+                pass
+    deadline = time.monotonic() + wait_s
+    while pids and any(RunDir(d).owner() is not None for d in dirs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def cancel_grid(root: str | Path) -> list[Path]:
     """Cancel every queued or running job of the runs under ``root``; they are marked cancelled."""
     cancelled: list[Path] = []
@@ -202,16 +320,19 @@ def cancel_grid(root: str | Path) -> list[Path]:
         active = [d for d in dirs if kinds[d] == ACTIVE]
         by_exec: dict[str, list[Path]] = {}
         for d in active:
-            by_exec.setdefault(RunDir(d).read_status()["executor"], []).append(d)
+            by_exec.setdefault(RunDir(d).read_status().get("executor"), []).append(d)
         for name, ds in by_exec.items():
             now = time.time()
             for d in ds:  # mark first: a run that ends while being cancelled still counts as cancelled
                 RunDir(d).update_status(None, cancel_requested=now)
-            get_backend(name).cancel([RunDir(d).read_status() for d in ds])
+            if name in BACKENDS:
+                get_backend(name).cancel([RunDir(d).read_status() for d in ds])
+            _stop_owners(ds)
             for d in ds:
                 RunDir(d).update_status("cancelled", reason="cancelled by `canbench grid cancel`", cancel_requested=now)
             cancelled += ds
     return cancelled
 
 
-__all__ = ["SubmitReport", "cancel_grid", "plan", "reconcile", "status_grid", "submit_grid", "wait_grid"]
+__all__ = ["SubmitReport", "cancel_grid", "default_store", "plan", "reconcile", "status_grid", "submit_grid",
+           "wait_grid"]

@@ -272,37 +272,25 @@ class LocalBackend(Backend):
             if _pid_alive(pid, "submitit"):
                 out.append(JobState(True, "RUNNING", f"local process {pid}"))
                 continue
-            out.append(JobState(False, _local_result(s, pid), f"local process {pid} has exited"))
+            # how it ended is read from the run's own status.json (reconcile), never from submitit's result
+            # pickle: unpickling a file in a run store someone else may have written could run code
+            out.append(JobState(False, "EXITED", f"local process {pid} has exited"))
         return out
 
     def cancel(self, status: list[dict[str, Any]]) -> None:
         pids = [pid for pid in sorted({int(s["job_id"]) for s in status if str(s.get("job_id", "")).isdigit()})
                 if _pid_alive(pid, "submitit")]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL after 1 s)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 15
-        while any(_pid_alive(p, "submitit") for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def _local_result(s: dict[str, Any], pid: int) -> str:
-    folder = s.get("submitit_folder")
-    if not folder:
-        return "EXITED"
-    p = submitit.core.utils.JobPaths(folder, str(pid), 0).result_pickle
-    if not p.exists():
-        return "EXITED"
-    try:
-        import pickle
-
-        with open(p, "rb") as f:
-            tag, _ = pickle.load(f)
-        return "COMPLETED" if tag == "success" else "FAILED"
-    except Exception:  # noqa: BLE001
-        return "EXITED"
+        # SIGTERM first: the controller forwards it and each run stops after its current step, keeping it
+        # (canbench.slurm.job.stop_on_sigterm); then SIGINT: the controller kills its tasks (SIGKILL after 1 s)
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGINT, 5.0)):
+            for pid in [p for p in pids if _pid_alive(p, "submitit")]:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + wait_s
+            while any(_pid_alive(p, "submitit") for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 class DebugBackend(Backend):

@@ -20,10 +20,12 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any
 
 from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict, yaml_numbers
-from canbench.evaluation.recipes import validate_settings
+from canbench.evaluation.recipes import DEFAULT_CROP_PCT, build_settings, trained_protocol, validate_settings
+from canbench.evaluation.splits import check_root_is_read, check_setting_roots
 from canbench.methods import METHODS
 from canbench.train.recipe import PRESET_DIR, build_config
 
@@ -166,8 +168,11 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
     eval_settings = deep_merge(deep_merge(nest(spec.eval), nest(prof.get("eval") or {})), cli_eval)
     try:
         validate_settings(yaml_numbers(copy.deepcopy(eval_settings)), "evaluation setting")
+        if check_paths:  # evaluation data roots exist before anything trains
+            check_setting_roots(eval_settings)
     except ConfigError as exc:
         raise GridError(f"grid {spec.name!r}, scale {scale!r}: eval: {exc}") from None
+    checked_eval: set[int] = set()  # encoder image sizes whose full evaluation recipe was checked
     runs: list[Run] = []
     trained: dict[str, str] = {}  # training-config hash -> run name (dedup of shared points)
     names: set[str] = set()
@@ -196,6 +201,11 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                     cfg = build_config(method, _preset_file(preset), upd, validate_paths=check_paths,
                                        world_size=world_size)
                     cfg.extra.preset = preset
+                    if check_paths and suites:
+                        _check_eval_data(cfg, eval_settings.get("data") or {})
+                    if suites and cfg.model.img_size not in checked_eval:
+                        _check_eval(eval_settings, scale, cfg.model.img_size, suites)
+                        checked_eval.add(cfg.model.img_size)
                 except ConfigError as exc:
                     raise GridError(f"grid {spec.name!r}, scale {scale!r}, run {name!r}: {exc}") from None
                 key = run_id_of(cfg.to_dict())
@@ -224,6 +234,29 @@ def expand(spec: GridSpec, scale: str, overrides: list[str] | None = None, world
                 runs.append(Run(name=name, run_id=rid, method=str(method), seed=seed, axes=axes, cfg=cfg,
                                 suites=list(suites)))
     return runs
+
+
+def _check_eval(eval_settings: dict[str, Any], scale: str, img_size: int, suites: list[str]) -> None:
+    """The evaluation recipe the run will resolve, checked now (ranges included: ``linear.epochs: -1`` or
+    ``.inf``), so a bad eval setting fails at submit time instead of after hours of pretraining."""
+    try:
+        layer = yaml_numbers(copy.deepcopy(eval_settings))
+        settings = build_settings(scale, layer)
+        user_keys = frozenset(f"{s}.{k}" for s, body in layer.items() if isinstance(body, dict) for k in body)
+        for section in ("linear", "finetune"):
+            if section in suites or (section == "finetune" and "shift" in suites):
+                trained_protocol(section, settings, scale, img_size, DEFAULT_CROP_PCT, user_keys)
+    except ConfigError as exc:
+        raise ConfigError(f"eval: {exc}") from None
+
+
+def _check_eval_data(cfg: Config, data: dict[str, Any]) -> None:
+    """An evaluation data root (``eval.data.root``) for a run evaluated on generated data would be ignored: an
+    error before anything trains (the evaluation data set defaults as in canbench.evaluation.context)."""
+    dataset = data.get("dataset") or ("imagefolder" if cfg.data.dataset == "jft" else cfg.data.dataset)
+    origin = "eval.data.dataset" if data.get("dataset") else "the run's data.dataset"
+    check_root_is_read(dataset, SimpleNamespace(root=data.get("root"), val_root=data.get("val_root")), origin,
+                       prefix="eval.data.")
 
 
 def _preset_file(name: str) -> str:

@@ -13,9 +13,12 @@ a grid does not start every run at once on one machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 import zlib
@@ -25,9 +28,32 @@ from typing import Any
 import submitit
 
 from canbench import runtime
-from canbench.rundir import RunDir
+from canbench.rundir import RunBusyError, RunDir
 
 log = logging.getLogger("canbench.grid.job")
+
+TERMINATED = threading.Event()  # this job process received SIGTERM (kill, grid cancel, scancel)
+_TRAINING = threading.Event()  # a trainer runs in this process: it stops at the next step boundary
+
+
+def _stop_requested(_trainer: Any) -> bool:
+    return TERMINATED.is_set()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    TERMINATED.set()
+    if not _TRAINING.is_set():  # evaluating, or between runs: stop now (results are written atomically)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (and SIGINT: Ctrl-C reaches local jobs, which share the terminal's process group) stop this
+    job within seconds, keeping its work: a training run stops after the current step, saves its checkpoint and
+    is marked ``interrupted``; anything else stops at once. (submitit's own handler ignores SIGTERM, so a local
+    job used to run on until SIGKILL.) Main thread only; idempotent."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigterm)
 
 
 def _job_env() -> submitit.JobEnvironment | None:
@@ -98,8 +124,22 @@ class RunJob(submitit.helpers.Checkpointable):
         return f"RunJob({self.run_dir!r})"
 
     def __call__(self) -> dict[str, Any]:
-        from canbench.train.trainer import Trainer
+        """Own the run folder (rank 0; a second job on it is refused, its status left alone), then train and
+        evaluate; SIGTERM stops it within seconds, keeping its work (:func:`stop_on_sigterm`)."""
+        env = _job_env()
+        if env is not None and env.cluster != "debug":
+            stop_on_sigterm()
+        main = env is None or env.global_rank == 0
+        try:
+            owned = RunDir(self.run_dir).own(job_id=env.job_id if env is not None else None, command="grid job") \
+                if main else contextlib.nullcontext()
+            with owned:
+                return self._run()
+        except RunBusyError as exc:  # the run is alive in another process
+            log.warning("not started: %s", exc)
+            return {"run_dir": self.run_dir, "state": "busy", "reason": str(exc)}
 
+    def _run(self) -> dict[str, Any]:
         run_dir = Path(self.run_dir)
         env = _job_env()
         if env is not None and env.cluster != "debug" and not logging.getLogger().handlers:
@@ -115,8 +155,11 @@ class RunJob(submitit.helpers.Checkpointable):
             from canbench.train.recipe import config_from_dict
 
             cfg = config_from_dict(cfg_dict, validate_paths=True)
-            self._trainer = Trainer(cfg, run_dir)
-            summary = self._trainer.fit(resume=True)
+            _TRAINING.set()
+            try:
+                summary = self._train(run_dir, cfg, cfg_dict, int(dist_env["WORLD_SIZE"]))
+            finally:
+                _TRAINING.clear()
         except Exception as exc:
             if is_main:  # the engine marks failures inside fit; this also covers set-up errors
                 st = RunDir(run_dir).read_status()
@@ -127,8 +170,19 @@ class RunJob(submitit.helpers.Checkpointable):
         finally:
             runtime.destroy()
         if summary.get("state") == "stopped":  # stopped on request: a requeued job continues it
+            if TERMINATED.is_set() and is_main:  # SIGTERM: keep the steps done, say where it stopped
+                saved = save_if_ahead(self._trainer)
+                step = saved if saved is not None else summary.get("step")
+                RunDir(run_dir).update_status("interrupted", phase="stopped", step=step,
+                                              reason=f"stopped by SIGTERM at step {step} (checkpoint kept); "
+                                                     "`grid submit` resumes it")
             return {"run_dir": self.run_dir, "state": "stopped", "step": summary.get("step")}
         self._trainer = None
+        if TERMINATED.is_set():  # SIGTERM as training ended: its evaluation is left to the next submit
+            if is_main:
+                RunDir(run_dir).update_status("interrupted", phase="eval",
+                                              reason="stopped by SIGTERM before its evaluation; `grid submit` runs it")
+            return {"run_dir": self.run_dir, "state": "stopped", "step": summary.get("steps")}
         result: dict[str, Any] = {"run_dir": self.run_dir, "state": "done", "final": summary.get("final", {})}
         if not is_main:
             return result
@@ -147,6 +201,36 @@ class RunJob(submitit.helpers.Checkpointable):
         else:
             RunDir(run_dir).update_status("done", phase="finished", finished=time.time())
         return result
+
+    def _train(self, run_dir: Path, cfg: Any, cfg_dict: dict[str, Any], world_size: int) -> dict[str, Any]:
+        """``Trainer.fit(resume=True)``, once per distinct config in the run's store (status ``train_store``): a
+        one-process job holds the store's lock for the config's training key while it trains, so a twin run of
+        another grid waits, then adopts the finished training instead of repeating it (:mod:`.runstore`)."""
+        from canbench.train.trainer import Trainer
+
+        from .runstore import adopt_training, claim_training, is_trained, trained_twin, training_key, training_lock
+
+        run = RunDir(run_dir)
+        summary = run.read_summary()
+        if summary is not None and summary.get("trained_in") and is_trained(run_dir):
+            return summary  # adopted at submit time (or by an earlier attempt): evaluation only
+        store = run.read_status().get("train_store")
+        if not store or world_size != 1:  # multi-process jobs: sharing is decided at submit time only
+            self._trainer = Trainer(cfg, run_dir, stop=_stop_requested)
+            return self._trainer.fit(resume=True)
+        key = training_key(cfg_dict)
+        with training_lock(store, key, stop=TERMINATED.is_set) as held:
+            if not held:  # cancelled while a twin trained: nothing done here
+                return {"state": "stopped", "step": 0}
+            twin = trained_twin(store, key, exclude=run_dir)
+            if twin is not None:
+                log.info("%s: the same config was trained in %s; sharing it instead of training again", run_dir, twin)
+                summary = adopt_training(twin, run_dir)
+                run.update_status("running", step=summary.get("steps"))
+                return summary
+            claim_training(store, key, run_dir)
+            self._trainer = Trainer(cfg, run_dir, stop=_stop_requested)
+            return self._trainer.fit(resume=True)
 
     def _mark_started(self, run_dir: Path, env: submitit.JobEnvironment | None) -> None:
         st = RunDir(run_dir).read_status()
@@ -188,7 +272,10 @@ def save_if_ahead(trainer) -> int | None:
     if path.is_file():
         import torch
 
-        on_disk = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        try:
+            on_disk = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # noqa: BLE001 - an unreadable last.pt: the live state is worth saving
+            on_disk = 0
     if trainer.step <= on_disk:
         return None
     trainer.save_checkpoint()
@@ -244,6 +331,8 @@ class ChainJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(int(self.threads))
         multi = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
         for d in self.run_dirs:
+            if TERMINATED.is_set():  # SIGTERM: the rest of the chain stays pending (grid submit resumes it)
+                break
             if RunDir(d).state == "done":
                 results.append({"run_dir": d, "state": "done", "skipped": True})
                 continue

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from canbench.config import (
     SCALES,
     SUITES,
@@ -24,7 +22,10 @@ from canbench.config import (
     deep_merge,
     nest,
     overrides_to_dict,
+    yaml_numbers,
 )
+from canbench.io import read_yaml
+from canbench.rundir import check_path_part
 
 BENCHMARKS = ("table1", "table2", "table3", "table4", "table5", "fig6", "fig7", "smoke")
 SPECIAL_AXES = ("method", "preset", "variant")
@@ -83,6 +84,46 @@ class Resources:
             check_range(k, getattr(self, k), 0, math.inf)
         if self.tasks_per_node is not None:
             check_range("tasks_per_node", self.tasks_per_node, 1, math.inf)
+        if self.mem_gb is not None:
+            check_range("mem_gb", self.mem_gb, 0, math.inf, lo_open=True, hi_open=True)
+        for k in SBATCH_STRINGS:
+            if getattr(self, k) is not None:
+                check_sbatch_value(k, getattr(self, k), SBATCH_WORD)
+        if not isinstance(self.additional, dict):
+            raise ConfigError(f"additional must map sbatch flags to values, got {self.additional!r}")
+        for flag, value in self.additional.items():
+            if not isinstance(flag, str) or not SBATCH_FLAG.fullmatch(flag):
+                raise ConfigError(f"additional: {flag!r} is not an sbatch flag name (lower-case letters, digits, "
+                                  "'-', '_'; e.g. mail-user)")
+            if value is True:  # rendered as a bare flag: #SBATCH --exclusive
+                continue
+            if isinstance(value, bool) or value is None:
+                raise ConfigError(f"additional.{flag}={value!r}: a flag is switched on with true; drop the key "
+                                  "to leave it off")
+            if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+                continue
+            check_sbatch_value(f"additional.{flag}", value, SBATCH_TEXT)
+
+
+# What goes into an ``#SBATCH --key=value`` line. submitit writes the value shell-quoted, but a newline would still
+# end the comment line and start a shell command of the batch script, so every value is checked when the spec is
+# loaded (and for --set slurm.*), before anything is rendered: names of partitions, accounts, QOS and constraint
+# expressions are one word; values of ``additional`` flags may hold spaces (--comment) but no quote, backslash,
+# '$', backtick or control character.
+SBATCH_STRINGS = ("partition", "account", "qos", "constraint")
+SBATCH_WORD = re.compile(r"[A-Za-z0-9_.,:+=@%&|!*()\[\]/-]+")
+SBATCH_TEXT = re.compile(r"[A-Za-z0-9_.,:+=@%&|!*()\[\]/~^{}#? -]+")
+SBATCH_FLAG = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def check_sbatch_value(key: str, value: Any, allowed: re.Pattern) -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is a string made only of ``allowed`` characters."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} must be a string")
+    if not allowed.fullmatch(value):
+        bad = sorted({c for c in value if not allowed.fullmatch(c)}) or ["(empty)"]
+        raise ConfigError(f"{key}={value!r} cannot go into an #SBATCH line: it holds {', '.join(map(repr, bad))} "
+                          f"(allowed: {allowed.pattern.strip('[]+')})")
 
 
 RESOURCE_DEFAULTS: dict[str, Any] = Resources().values
@@ -149,13 +190,19 @@ GRID_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"  # th
 
 
 def resolve_spec_path(spec: str) -> Path:
-    """A YAML path, or the name of a packaged spec (``smoke``, ``fig6_masking_rate``)."""
-    p = Path(spec)
+    """A YAML path, or the name of a packaged spec (``smoke``, ``fig6_masking_rate``, or its benchmark: ``table3``).
+
+    Packaged specs are found next to this package (``canbench/benchmarks/grids`` when installed from a wheel,
+    ``benchmarks/grids`` in the checkout), never relative to the working directory."""
+    p = Path(spec).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     for cand in (GRID_DIR / f"{spec}.yaml", GRID_DIR / "paper" / f"{spec}.yaml"):
         if cand.is_file():
             return cand
+    by_benchmark = sorted(GRID_DIR.glob(f"paper/{spec}_*.yaml")) if spec in BENCHMARKS else []
+    if len(by_benchmark) == 1:
+        return by_benchmark[0]
     names = sorted(x.stem for x in list(GRID_DIR.glob("*.yaml")) + list(GRID_DIR.glob("paper/*.yaml")))
     raise FileNotFoundError(f"grid spec {spec!r} is neither a file nor a packaged spec ({', '.join(names)})")
 
@@ -165,9 +212,11 @@ def load_spec(path: str | Path) -> GridSpec:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"grid spec not found: {p}")
-    with open(p) as f:
-        raw = yaml.safe_load(f) or {}
-    spec = parse_spec(raw, where=str(p))
+    try:
+        spec = parse_spec(read_yaml(p, mapping=True), where=str(p))
+    except GridError as exc:
+        msg = str(exc)
+        raise GridError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
     spec.path = p
     return spec
 
@@ -176,7 +225,11 @@ def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
     """Check a spec mapping's structure; values of config keys are checked by :func:`expand`."""
     check_keys(raw, SPEC_KEYS, where)
     name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    try:
+        check_path_part(name, "name")  # the default run store is runs/<name>/<scale>
+    except ConfigError as exc:
+        raise GridError(f"{where}: {exc}") from None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise GridError(f"{where}: 'name' must be a word of letters, digits, '_', '.', '-', got {name!r}")
     where = f"grid {name!r}"
     bench = raw.get("benchmark")
@@ -184,6 +237,12 @@ def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
         raise GridError(f"{where}: benchmark={bench!r} is not one of {', '.join(BENCHMARKS)}")
     axes = _parse_axes(raw.get("axes") or [], where)
     axis_keys = group_keys({"union": axes}) if axes else set()
+    for label in group_values({"union": axes}, "variant"):  # a variant label is part of its runs' folder names
+        try:
+            check_path_part(str(label) if isinstance(label, (int, float)) and not isinstance(label, bool) else label,
+                            "axes: variant")
+        except ConfigError as exc:
+            raise GridError(f"{where}: {exc}") from None
     methods = raw.get("methods")
     if "method" in axis_keys:
         if methods is not None:
@@ -233,6 +292,14 @@ def parse_spec(raw: dict[str, Any], where: str = "grid spec") -> GridSpec:
                                                        for k, p in scales.items()]:
         if ev is not None and not isinstance(ev, dict):
             raise GridError(f"{where_eval}: eval must map evaluation settings (e.g. linear.epochs) to values")
+    for scale, prof in scales.items():  # every profile's eval keys and types, not only the one submitted now
+        from canbench.evaluation.recipes import validate_settings  # layer 3 below this one; imported on use
+
+        try:
+            validate_settings(yaml_numbers(deep_merge(nest(raw.get("eval") or {}), nest(prof.get("eval") or {}))),
+                              "evaluation setting")
+        except ConfigError as exc:
+            raise GridError(f"{where}: scales.{scale}.eval: {exc}") from None
     spec = GridSpec(name=name, description=str(raw.get("description", "")), benchmark=bench, methods=methods,
                     axes=axes, seeds=seeds, suites=suites, names=dict(names), scales=scales,
                     eval=dict(raw.get("eval") or {}),
@@ -307,6 +374,14 @@ def group_keys(g: dict[str, Any]) -> set[str]:
     return set(body)
 
 
+def group_values(g: dict[str, Any], key: str) -> list[Any]:
+    """Every value axis ``key`` takes anywhere in group ``g`` (in spec order)."""
+    kind, body = next(iter(g.items()))
+    if kind == "union":
+        return [v for x in body for v in group_values(x, key)]
+    return list(body.get(key, []))
+
+
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
     """``--set`` items -> (config overrides, resource overrides from ``slurm.KEY=VALUE``)."""
     cfg_items, res = [], {}
@@ -324,5 +399,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
 
 
 __all__ = ["BENCHMARKS", "GRID_DIR", "GridError", "GridSpec", "PROFILE_KEYS", "RESOURCE_DEFAULTS", "RESOURCE_PREFIXES",
-           "Resources", "SCALES", "SPECIAL_AXES", "SPEC_KEYS", "SUITES", "check_keys", "closest", "deep_merge",
-           "group_keys", "load_spec", "nest", "parse_spec", "resolve_spec_path", "split_overrides"]
+           "Resources", "SCALES", "SPECIAL_AXES", "SPEC_KEYS", "SUITES", "check_keys", "check_sbatch_value", "closest",
+           "deep_merge", "group_keys", "group_values", "load_spec", "nest", "parse_spec", "resolve_spec_path",
+           "split_overrides"]

@@ -192,3 +192,25 @@ def test_digits() -> None:
     assert not test_hashes & {_sha(train16.images[i]) for i in range(len(train16))}  # disjoint splits
     with pytest.raises(ConfigError, match="split='val'"):
         load_digits("val")
+
+
+def test_instances_of_the_same_images_share_one_render(monkeypatch):
+    """Each suite builds its own data set: the second instance of the same images renders nothing again, and
+    what it returns equals a fresh render (a changed scene or split is a different set, rendered anew)."""
+    from canbench.data import builtin
+
+    calls = []
+    real = builtin.BuiltinShapes.render
+    monkeypatch.setattr(builtin.BuiltinShapes, "render", lambda self, i: calls.append(i) or real(self, i))
+    a = builtin.BuiltinShapes("val", size=12, seed=7)
+    first = [a[i][0] for i in range(12)]
+    assert len(calls) == 12
+    b = builtin.BuiltinShapes("val", size=12, seed=7)
+    second = [b[i][0] for i in range(12)]
+    assert len(calls) == 12  # nothing rendered twice
+    for i in range(12):
+        assert torch.equal(first[i], second[i])
+        assert torch.equal(second[i], torch.from_numpy(real(b, i)))
+    builtin.BuiltinShapes("val", size=12, seed=8)[0]
+    builtin.BuiltinShapes("val", size=12, seed=7, scene=builtin.SceneParams(clutter_max=0))[0]
+    assert len(calls) == 14

@@ -80,3 +80,35 @@ def test_paper_flops_table_checks_the_vit_l_claim() -> None:
     c = claim_flops(None, table)
     assert c.verdict == HOLDS and abs(c.numbers["table_ratios"]["vit_large"] - 1.72) < 0.02
     assert "meta device" in c.scale and "meta device" in c.evidence
+
+
+def test_random_init_reference_is_an_untrained_encoder_and_its_own_arm(tmp_path: Path) -> None:
+    import torch
+
+    from canbench.cli.demo import RANDOM_INIT_SUITES, random_init_reference
+    from canbench.methods.backbone import build_encoder
+    from canbench.reports.claims import evaluate_claims
+    from canbench.reports.collect import RANDOM_INIT, collect
+    from canbench.train.recipe import build_config
+
+    tiny = ["model.img_size=16", "model.patch_size=4", "data.builtin_size=64", "extra.eval.data.test_size=40",
+            "extra.eval.linear.batch_size=32"]
+    run = random_init_reference(tmp_path, overrides=tiny)
+    assert run == tmp_path / "random-init"
+    # the checkpoint is the engine's initialisation at seed 0, never trained (naive reference: build it again)
+    torch.manual_seed(0)
+    fresh = build_encoder(build_config("can", "smoke", tiny).model).state_dict()
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 0
+    for k, v in fresh.items():
+        assert torch.equal(ckpt["model"][f"encoder.{k}"], v), k
+    results = collect(tmp_path)
+    top1 = results[results["metric"] == "top1"]
+    assert sorted(top1["suite"]) == sorted(RANDOM_INIT_SUITES)
+    assert set(top1["method"]) == {RANDOM_INIT} and set(top1["benchmark"]) == {"smoke"}
+    # a reference, never an arm of a claim
+    assert all(c.verdict == "not run" for c in evaluate_claims(results) if c.id != "flops_ratio")
+    # done once: a second call reuses the results
+    mtime = (run / "eval" / "linear.json").stat().st_mtime_ns
+    random_init_reference(tmp_path, overrides=tiny)
+    assert (run / "eval" / "linear.json").stat().st_mtime_ns == mtime

@@ -169,7 +169,7 @@ def test_public_mae_checkpoint(tmp_path, capsys):
     rec = json.loads((out / "eval" / "linear.json").read_text())
     fp = rec["fingerprint"]
     assert fp["encoder"] == {"source": "mae", "arch": "vit_micro", "img_size": 16, "patch_size": 4,
-                             "class_token": True, "pool": "avg"}
+                             "class_token": True, "pool": "cls"}  # MAE's linear probe reads the cls token
     assert fp["dataset"] == "builtin" and fp["mode"] == "cached_features"
     assert rec["checkpoint"] == {"path": str(ckpt.resolve()), "sha256": sha256(ckpt), "step": None}
     # a wrong --arch is named

@@ -136,3 +136,49 @@ def test_fb_mae_training_checkpoints_with_their_args_namespace_load(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(dst.forward_features(x), src.forward_features(x))
+
+
+@pytest.mark.parametrize("pool_set", [None, "avg"], ids=["default-cls", "override-avg"])
+def test_mae_linear_probe_pools_the_cls_token_like_mae(tmp_path, monkeypatch, capsys, pool_set):
+    """fb/mae's main_linprobe.py reads the cls token after the final norm (global_pool=False): a public MAE
+    checkpoint's linear-probe features are that token unless model.pool says otherwise, and the fingerprint says
+    which pooling was used."""
+    import json
+
+    from canbench.cli import main
+    from canbench.evaluation import features as F
+
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=4, num_classes=0,
+                            global_pool="token", class_token=True, fc_norm=False).eval()
+    with torch.no_grad():  # a cls token far from the patch tokens: the two poolings give different features
+        src.cls_token.normal_(0, 3.0)
+    ckpt = tmp_path / "mae_pretrain_vit_micro.pth"
+    torch.save(fake_mae_pretrain_checkpoint(src), ckpt)
+
+    seen = []
+    real = F.extract_features
+
+    def spy(encoder, loader, device="cpu"):
+        feats, labels = real(encoder, loader, device)
+        seen.append((torch.cat([x for x, _ in loader]), feats))
+        return feats, labels
+
+    monkeypatch.setattr(F, "extract_features", spy)
+    sets = ["data.dataset=builtin", "data.train_size=48", "data.test_size=24", "linear.batch_size=16",
+            "linear.epochs=1"] + ([f"model.pool={pool_set}"] if pool_set else [])
+    out = tmp_path / "mae-public"
+    argv = ["evaluate", "linear", "--checkpoint", str(ckpt), "--format", "mae", "--out", str(out), "--preset",
+            "smoke", "--device", "cpu", "--json"] + sum([["--set", s] for s in sets], [])
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen
+    for images, feats in seen:
+        with torch.no_grad():  # the naive reference: MAE's ViT forward, then the token MAE's protocol reads
+            tokens = src.forward_features(images)
+        cls, mean = tokens[:, 0], tokens[:, 1:].mean(dim=1)
+        assert (cls - mean).abs().max() > 0.1  # the test can tell the two apart
+        want = mean if pool_set == "avg" else cls
+        torch.testing.assert_close(feats, want, atol=1e-4, rtol=1e-4)
+    fp = json.loads((out / "eval" / "linear.json").read_text())["fingerprint"]
+    pool = pool_set or "cls"
+    assert fp["pooling"] == pool and fp["encoder"]["pool"] == pool and fp["eval_config"]["model"]["pool"] == pool

@@ -177,7 +177,9 @@ def test_run_suites_rerun_when_checkpoint_changes(run_dir, tmp_path):
     assert runner.run_suites(copy, ["knn"], device="cpu")["knn"]["skipped"] is True
     ck = torch.load(copy / "checkpoints" / "last.pt", weights_only=True)
     ck["step"] = 3
-    torch.save(ck, copy / "checkpoints" / "last.pt")
+    from canbench.io import torch_save_atomic
+
+    torch_save_atomic(ck, copy / "checkpoints" / "last.pt")  # a new checkpoint, written the way the trainer does
     rec = runner.run_suites(copy, ["knn"], device="cpu")["knn"]
     assert rec["skipped"] is False and rec["checkpoint"]["step"] == 3
 

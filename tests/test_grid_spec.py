@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from canbench.config import ConfigError
+from canbench.data.datasets import DATASETS
 from canbench.slurm.grid import GridError, expand, expand_all, load_spec, parse_spec, run_id_of, split_overrides
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
@@ -118,12 +119,20 @@ def test_every_scale_is_validated_before_submission(tmp_path):
         expand_all(parse_spec(d), "smoke")
 
 
+def image_root(tmp_path):
+    """A folder with the ImageFolder layout the paper presets' data.root must hold (checked before any run)."""
+    (tmp_path / "train" / "n01440764").mkdir(parents=True, exist_ok=True)
+    return tmp_path
+
+
 def test_data_root_checked_only_for_the_submitted_scale(tmp_path):
     d = spec_dict(scales={"smoke": {"preset": "smoke"}, "paper": {"preset": "vit_b_in1k"}})
     assert len(expand_all(parse_spec(d), "smoke")) == 8  # paper's missing data root is not smoke's problem
     with pytest.raises(GridError, match=r"run 'can-mask0.25-s0'.*data\.root"):
         expand_all(parse_spec(d), "paper")
-    assert len(expand_all(parse_spec(d), "paper", overrides=[f"data.root={tmp_path}"])) == 8
+    with pytest.raises(GridError, match=r"data\.root=.*does not hold data set 'imagefolder'"):
+        expand_all(parse_spec(d), "paper", overrides=[f"data.root={tmp_path}"])  # an empty folder
+    assert len(expand_all(parse_spec(d), "paper", overrides=[f"data.root={image_root(tmp_path)}"])) == 8
 
 
 def test_world_size_is_validated():
@@ -166,7 +175,11 @@ def test_shipped_specs_expand_at_every_scale(path, tmp_path):
     assert raw["name"] == spec.name
     for scale in spec.scales:
         res = spec.resources(scale)
-        runs = expand_all(spec, scale, overrides=[f"data.root={tmp_path}"], world_size=res.world_size)
+        # a data root only where the runs read one (a generated data set given a root is an error)
+        needs_root = any(DATASETS[r.cfg.data.dataset].needs_root
+                         for r in expand(spec, scale, world_size=res.world_size, check_paths=False))
+        runs = expand_all(spec, scale, overrides=[f"data.root={image_root(tmp_path)}"] if needs_root else None,
+                          world_size=res.world_size)
         assert runs, scale
         for r in runs:
             for key in ("benchmark", "grid", "run_name", "run_id", "scale", "axes"):
@@ -213,11 +226,18 @@ def test_suite_seeds_errors_name_the_key(bad, match):
         parse_spec(spec_dict(suites=["knn"], **bad))
 
 
-def test_set_eval_overrides_are_evaluation_settings_validated_before_submitting():
+def test_set_eval_overrides_are_evaluation_settings_validated_before_submitting(tmp_path):
     spec = load_spec(BENCH / "smoke.yaml")
-    runs = expand(spec, "smoke", overrides=["eval.linear.epochs=3", "eval.data.root=/datasets/imagenet"])
+    runs = expand(spec, "smoke", overrides=["eval.linear.epochs=3", f"eval.data.root={tmp_path}",
+                                            "eval.data.dataset=imagefolder"])
     ev = runs[0].cfg.extra.eval
-    assert ev["linear"] == {"epochs": 3} and ev["data"] == {"root": "/datasets/imagenet"}
+    assert ev["linear"] == {"epochs": 3} and ev["data"] == {"root": str(tmp_path), "dataset": "imagefolder"}
+    with pytest.raises(GridError, match=r"eval: .*data\.root.*/nowhere/imagenet"):  # checked before anything trains
+        expand(spec, "smoke", overrides=[f"eval.data.root={tmp_path / 'nowhere' / 'imagenet'}",
+                                         "eval.data.dataset=imagefolder"])
+    # a root for the built-in evaluation data would be ignored: refused, naming the key to set
+    with pytest.raises(GridError, match=r"data\.root=.* 'builtin' .*set eval\.data\.dataset=imagefolder"):
+        expand(spec, "smoke", overrides=[f"eval.data.root={tmp_path}"])
     assert ev["finetune"] == {"epochs": 1, "warmup_epochs": 0.1}  # the spec's own evaluation settings are kept
     with pytest.raises(GridError, match=r"eval: unknown evaluation setting 'linear.epoch'"):
         expand(spec, "smoke", overrides=["eval.linear.epoch=3"])

@@ -1,12 +1,24 @@
-"""PDF report: what each page says (text extracted with pypdf), atomic write, empty stores, wrapped text."""
+"""PDF report: what the pages say (text extracted with pypdf), not how many there are.
+
+The summary on page 1 (what ran, verdict counts, claims, the largest regressions, the references), the paper's
+tables typeset as rows, tables without runs gathered into one "not run" list, random-init and chance references,
+each figure drawn once, device-hours on CPUs, and the provenance page (run ids, config fingerprints, the
+command line of each grid); atomic writes.
+"""
 
 from __future__ import annotations
 
+import re
+import sys
+
+import pandas as pd
 import pytest
 from pypdf import PdfReader
 
 from canbench.reports import figures, pdf
-from canbench.reports.synthetic import demo_store
+from canbench.reports.check import check, write_baseline
+from canbench.reports.collect import RANDOM_INIT, collect, collect_pretrain
+from canbench.reports.synthetic import demo_store, write_run
 
 
 def _texts(path) -> list[str]:
@@ -14,76 +26,165 @@ def _texts(path) -> list[str]:
     return [p.extract_text() for p in PdfReader(str(path)).pages]
 
 
-def _page(texts: list[str], start: str) -> str:
-    hits = [t for t in texts if t.startswith(start)]
-    assert len(hits) == 1, f"{len(hits)} pages start with {start!r}: {[t[:40] for t in texts]}"
-    return hits[0]
+def _flat(t: str) -> str:
+    return re.sub(r"\s+", " ", t)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return demo_store(tmp_path_factory.mktemp("demo"), seeds=(0,))
+def store(tmp_path_factory):
+    root = demo_store(tmp_path_factory.mktemp("demo"), seeds=(0,))
+    # an untrained encoder of the smoke model: linear 35.0, between MAE (~30) and CAN (~40)
+    write_run(root / "smoke", "random-init", "can", benchmark="smoke", extra={"random_init": True},
+              evals={"linear": {"top1": 35.0}})
+    return root
 
 
-def test_full_report_pages_say_what_they_show(demo, tmp_path):
-    out = pdf.build_report(demo, tmp_path / "r.pdf", title="test report")
-    assert [p.name for p in tmp_path.iterdir()] == ["r.pdf"]
-    texts = _texts(out)
-    title = texts[0]
-    assert title.startswith("test report") and f"results root: {demo}" in title and "code version:" in title
-    # one section per paper table and benchmark, in the paper's order, with its run count
-    heads = [t.splitlines()[0] for t in texts if t.startswith("Benchmark ")]
-    assert heads == ["Benchmark table1 (4 runs)", "Benchmark table2 (0 runs)", "Benchmark table3 (0 runs)",
-                     "Benchmark table4 (3 runs)", "Benchmark table5 (4 runs)", "Benchmark fig6 (8 runs)",
-                     "Benchmark fig7 (12 runs)", "Benchmark smoke (3 runs)"]
-    t5 = _page(texts, "Benchmark table5")
-    assert "Table 5: ablating CAN's loss terms" in t5 and "42.8" in t5 and "AN" in t5  # the paper's AN value
-    assert "n/c" in t5  # smoke-scale cells are not compared with the paper: the table says so
-    assert any("Masking rate (Fig. 6 style)" in t and "SimCLR†" in t for t in texts)  # the figure and its legend
-    claims = "\n".join(t for t in texts if t.startswith("Claims scorecard"))
-    assert "[HOLDS] At 50% masking CAN ends with a lower contrastive loss than SimCLR" in claims
-    assert "Removing the contrastive term (AN) hurts the most" in claims
-    assert "n:       AN=1, CN=1, CA=1" in claims and "noise:   sd" in claims  # n per arm and the noise
-    nc = "\n".join(t for t in texts if t.startswith("Cells not compared with the paper"))
-    assert "table1 CAN ViT-B 100 ep / None" in nc and "pretrain.model.arch" in nc  # names the cells and why
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    """The full report with a check against a baseline in which CAN's smoke linear probe was 6 points higher."""
+    out = tmp_path_factory.mktemp("out")
+    base = write_baseline(collect(store), out / "base.csv")
+    sel = (base["table"] == "smoke") & (base["method"] == "can") & (base["protocol"] == "linear") \
+        & (base["metric"] == "top1")
+    assert sel.sum() == 1
+    base.loc[sel, "mean"] += 6.0
+    base.to_csv(out / "base.csv", index=False)
+    result = check(collect(store), out / "base.csv")
+    return pdf.build_report(store, out / "r.pdf", title="test report", check_result=result), result
 
 
-def test_single_benchmark_and_empty_store(demo, tmp_path):
-    texts = _texts(pdf.build_report(demo, tmp_path / "fig6.pdf", benchmark="fig6"))
-    assert len(texts) == 7 and texts[0].splitlines()[3] == "benchmark:    fig6"
-    assert [t.splitlines()[0] for t in texts if t.startswith("Benchmark ")] == ["Benchmark fig6 (8 runs)"]
-    assert "Masking rate (Fig. 6 style)" in texts[2] and "mask ratio" in texts[2]
-    assert texts[-1] == "Cells not compared with the paper\nno paper-table cells were reproduced"
+def test_page_one_is_a_summary(report, store):
+    path, result = report
+    first = _flat(_texts(path)[0])
+    assert first.startswith("test report") and f"results {store}" in first
+    # what ran, at what scale: benchmark, scale, model and data, steps (never "max_steps nan")
+    assert re.search(r"smoke smoke ViT-micro \(32 px\) on builtin 20 steps = 1 ep CAN, SimCLR†, MAE†, random init "
+                     r"3 \(3 done\) \+ 1 random init", first), first
+    assert "nan" not in first
+    # verdict counts: the baseline check (FAIL, 1 regression) and the paper comparison
+    assert "FAIL" in first and "1 regression" in first and f"compared {result.compared} of" in first
+    assert re.search(r"Against the paper: \d+ of its 36 cells", first)
+    # claims at a glance: the counts and the judged claims
+    assert re.search(r"Claims at a glance 11 holds, 0 does not hold, 6 inconclusive, 8 not run\. .* inconclusive "
+                     r"Noise as augmentation alone helps: \+noise > None \(Table 1 / Sec\. 3\.4\) smoke scale", first)
+    # the largest regression names the cell, its reference, numbers and verdict
+    assert re.search(r"Largest regressions Regressions .*smoke/can/vit_micro/builtin/1ep/linear/top1 "
+                     r"base\.csv [\d.]+ [\d.]+ \(n=1\) -6 [\d.]+ regression", first), first
+    # references: random init and chance, and who is below the untrained encoder
+    assert "random init 35.0 (n=1); chance 10.0" in first and "Below the untrained encoder: MAE†" in first
+
+
+def test_paper_tables_are_typeset_and_unrun_tables_listed_once(report):
+    texts = [_flat(t) for t in _texts(report[0])]
+    body = " ".join(texts[1:])
+    # Table 5 in the paper's shape: variant | paper | reproduced (mean ± std, n) | difference | verdict
+    assert "Table 5: ablating CAN's loss terms" in body
+    assert re.search(r"Variant Paper Reproduced \(mean ± std, n\) Δ Verdict AN 42\.8 [\d.]+ \(n=1\) n/c \[1\] "
+                     r"incomparable", body), body[:3000]
+    assert "[1] protocol differs from the paper's: pretrain." in body  # the footnote names the keys
+    # tables 2 and 3 have no runs: one "not run" list with the grid that runs each, no empty tables
+    notrun = body[body.index("Not run"):]
+    assert "Table 2: JFT-300M pretraining" in notrun and "canbench grid submit table2_jft" in notrun
+    assert "Table 3: IN-1K pretraining" in notrun and "canbench grid submit table3_in1k" in notrun
+    assert body.count("Table 2: JFT-300M pretraining") == 1 and "(0 runs)" not in body
+
+
+def test_benchmark_matrix_carries_random_init_and_chance(report):
+    body = " ".join(_flat(t) for t in _texts(report[0]))
+    assert re.search(r"Protocol Metric Set Shots CAN SimCLR† MAE† random init chance", body)
+    assert re.search(r"linear top1 [\d.]+ \(n=1\) [\d.]+ \(n=1\) [\d.]+ \(n=1\) 35\.00 \(n=1\) 10\.0", body)
+    assert re.search(r"fewshot top1 cifar10 1 [\d.]+ \(n=1\) [\d.]+ \(n=1\) [\d.]+ \(n=1\) — 10\.0", body)
+
+
+def test_each_figure_once_and_units_and_claims_and_check(report):
+    texts = _texts(report[0])
+    assert sum("vs training compute" in t for t in texts) == 1
+    assert sum("Masking rate (Fig. 6 style)" in t for t in texts) == 1
+    body = " ".join(_flat(t) for t in texts)
+    assert "GPU-hours (device" not in body and "CPU device-hours" in body  # the synthetic runs are on CPU
+    assert re.search(r"method arch device n fwd GFLOP/img train GFLOP/img img/s device-hours peak mem GiB "
+                     r"CAN ViT-micro 1 x cpu", body)
+    assert "[HOLDS] At 50% masking CAN ends with a lower contrastive loss than SimCLR" in body
+    assert "claims not run" in body
+    assert "not recorded (submitted before canbench recorded command lines" in body  # no commands.jsonl there
+    assert re.search(r"smoke/can/vit_micro/builtin/1ep/linear/top1 [\d.]+ [\d.]+ \(n=1\) -6 [\d.]+ regression",
+                     body)
+
+
+def test_accuracy_vs_compute_references_and_one_point_per_training(store, tmp_path):
+    results, pretrain = collect(store), collect_pretrain(store)
+    fig = figures.fig_accuracy_vs_compute(results, pretrain)
+    refs = {ln.get_label(): ln.get_ydata()[0] for ln in fig.axes[0].lines if ln.get_label().startswith(("random",
+                                                                                                         "chance"))}
+    assert refs == {"random init 35.0 (n=1)": 35.0, "chance 10.0": 10.0}
+    assert fig.axes[1].get_xlabel() == "CPU device-hours"
+    # the same training reached through two benchmarks is one sample, not two
+    res = results[results["benchmark"] == "smoke"]
+    twice = pd.concat([res, res.assign(benchmark="table4", run_dir=res["run_dir"] + "-copy")])
+    assert len(figures.dedupe_trainings(twice)) == len(res)
+    assert RANDOM_INIT in set(res["method"])
+
+
+def test_provenance_lists_runs_fingerprints_and_grid_commands(store, tmp_path, monkeypatch):
+    from canbench.slurm.control import record_command
+
+    monkeypatch.setattr(sys, "argv", ["canbench", "grid", "submit", "smoke", "--scale", "smoke"])
+    record_command(store / "smoke", "smoke", "smoke", "local", ["optim.epochs=1"])
+    try:
+        texts = _texts(pdf.build_report(store, tmp_path / "p.pdf", benchmark="smoke"))
+    finally:
+        (store / "smoke" / pdf.COMMANDS_FILE).unlink()
+    body = " ".join(_flat(t) for t in texts)
+    prov = body[body.rindex("Provenance This report:"):]
+    assert "Code versions of the runs: synthetic" in prov
+    assert "canbench grid submit smoke --scale smoke" in prov
+    pre = collect_pretrain(store)
+    recipe = pre[(pre["run_name"] == "can_s0") & (pre["benchmark"] == "smoke")]["recipe"].iloc[0]
+    assert re.search(r"smoke can_s0 synthetic-can_s0 " + pdf.config_fingerprint(recipe) + r" done 20 1 x cpu", prov)
+    assert "random-init synthetic-random-init" in prov and "untrained" in prov
+
+
+def test_submit_grid_records_its_command_line(tmp_path, monkeypatch):
+    from canbench.io import read_jsonl
+    from canbench.slurm import control
+    from canbench.slurm.grid import parse_spec
+
+    tiny = {"optim.max_steps": 1, "model.img_size": 16, "model.patch_size": 4, "data.builtin_size": 32,
+            "optim.batch_size": 8, "model.decoder_dim": 32, "model.decoder_depth": 1, "model.decoder_heads": 2,
+            "train.device": "cpu", "train.count_flops": False}
+    spec = parse_spec({"name": "rec", "benchmark": "smoke", "methods": ["mae"], "seeds": [0], "suites": [],
+                       "scales": {"smoke": {"preset": "smoke", "overrides": tiny,
+                                            "resources": {"timeout_min": 5, "cpus_per_task": 1}}}})
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/canbench", "grid", "submit", "rec.yaml", "--executor", "debug"])
+    control.submit_grid(spec, executor="debug", root=tmp_path / "g", overrides=["optim.epochs=1"])
+    (line,) = read_jsonl(tmp_path / "g" / control.COMMANDS_FILE)
+    assert line["command"] == "canbench grid submit rec.yaml --executor debug"
+    assert line["grid"] == "rec" and line["executor"] == "debug" and line["overrides"] == ["optim.epochs=1"]
+    assert line["code_version"] and line["cwd"]
+
+
+def test_single_benchmark_and_empty_store(store, tmp_path):
+    texts = [_flat(t) for t in _texts(pdf.build_report(store, tmp_path / "fig6.pdf", benchmark="fig6"))]
+    assert "(benchmark fig6)" in texts[0] and re.search(r"fig6 smoke ViT-micro \(32 px\) on builtin", texts[0])
+    assert any("Masking rate (Fig. 6 style)" in t and "mask ratio" in t for t in texts)
+    assert not any("Table 5: ablating" in t for t in texts)
     empty = tmp_path / "empty"
     empty.mkdir()
-    texts = _texts(pdf.build_report(empty, tmp_path / "e.pdf"))
-    assert "Benchmark table1 (0 runs)" in texts[1]
-    assert "not run at this scale" in _page(texts, "Pretraining efficiency")
-    claims = "\n".join(t for t in texts if t.startswith("Claims scorecard"))
-    assert "[NOT RUN] Removing the contrastive term (AN) hurts the most" in claims
-    assert "canbench grid submit table5_ablation" in claims
+    texts = [_flat(t) for t in _texts(pdf.build_report(empty, tmp_path / "e.pdf"))]
+    assert f"No runs under {empty}." in texts[0]
+    assert "No cell was compared with a reference" in texts[0]
+    body = " ".join(texts)
+    for t in ("Table 1: denoising ablation", "Table 4: final training losses", "Table 5: ablating"):
+        assert t in body[body.index("Not run"):]
+    assert "Pretraining efficiency not run at this scale" in body
+    assert "[NOT RUN]" not in body and "canbench grid submit table5_ablation" in body
 
 
-def test_failed_build_leaves_no_file(demo, tmp_path, monkeypatch):
+def test_failed_build_leaves_no_file(store, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(figures, "fig_efficiency", boom)
+    monkeypatch.setattr(figures, "efficiency_table", boom)
     with pytest.raises(RuntimeError, match="figure failed"):
-        pdf.build_report(demo, tmp_path / "x.pdf", benchmark="table5")
+        pdf.build_report(store, tmp_path / "x.pdf", benchmark="table5")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_text_pages_wrap_long_lines(tmp_path, monkeypatch):
-    drawn = []
-
-    def record(fig, lines, x, top, size):
-        drawn.extend(lines)
-
-    monkeypatch.setattr(pdf, "_lines", record)
-    from matplotlib.backends.backend_pdf import PdfPages
-
-    with PdfPages(tmp_path / "t.pdf") as p:
-        n = pdf.text_pages(p, "t", ["x" * 250] + ["line"] * (pdf.LINES + 5))
-    assert n == 2 and max(len(ln) for ln in drawn) <= pdf.WIDTH
-    assert "".join(drawn).count("x") == 250  # nothing cut

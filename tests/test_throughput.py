@@ -56,7 +56,7 @@ def test_cpu_report_schema_and_no_mfu(cpu_report):
     assert [r["method"] for r in rows] == ["can", "simclr", "mae"]
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
-        assert "mfu" not in r  # no MFU on CPU
+        assert not {"mfu", "mfu_spec", "mfu_measured"} & set(r)  # no MFU on CPU
         assert r["device"] == "cpu" and r["precision"] == "fp32" and r["batch"] == 4 and r["steps"] == 2
         assert r["img_per_s"] > 0 and r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"]
         assert r["img_per_s"] == pytest.approx(4 / (r["step_ms_median"] / 1e3))
@@ -169,7 +169,10 @@ def test_cuda_report_has_mfu(tiny_overrides):
     opts = ThroughputOptions(batch=8, device="cuda", steps=2, warmup=1, peak_flops=1e14)
     report = run_throughput_suite(_cfgs(tiny_overrides, ("can",)), opts)
     (row,) = report["rows"]
-    assert row["precision"] == "bf16" and 0 < row["mfu"] < 1 and row["peak_mem_kind"].startswith("torch.cuda")
+    assert row["precision"] == "bf16" and 0 < row["mfu_measured"] < 1 and row["peak_mem_kind"].startswith("torch.cuda")
+    assert row["mfu_measured"] == pytest.approx(row["achieved_gflop_per_s"] * 1e9 / 1e14)
+    if report["spec_peak_flops"]:  # a card in the spec table (H100, H200, A100, ...)
+        assert row["mfu_spec"] == pytest.approx(row["achieved_gflop_per_s"] * 1e9 / report["spec_peak_flops"])
 
 
 @pytest.mark.gpu
@@ -190,3 +193,134 @@ def test_cuda_step_has_no_host_sync(method, tiny_overrides):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+# ---- MFU against the spec peak (fake device names) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name, card, tflops", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4), ("NVIDIA H200", "H200 SXM", 989.4),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.5), ("NVIDIA H100 NVL", "H100 NVL", 835.5),
+    ("NVIDIA A100-SXM4-80GB", "A100", 312.0), ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+    ("NVIDIA L40S", "L40S", 362.05), ("NVIDIA A10", "A10", 125.0),
+    ("NVIDIA GeForce RTX 4090", "GeForce RTX 4090", 165.2),
+])
+def test_spec_peak_matches_device_names(name, card, tflops):
+    from canbench.benchmarks.perf.hardware import spec_peak
+
+    peak = spec_peak(name)
+    assert peak is not None and (peak.card, peak.tflops) == (card, tflops)
+    assert peak.source.startswith("NVIDIA") and "sparsity" in peak.source  # the document, and dense vs sparse
+
+
+@pytest.mark.parametrize("name", ["NVIDIA A10G", "Tesla V100-SXM2-16GB", "NVIDIA B200", "", None])
+def test_spec_peak_unknown_devices(name):
+    from canbench.benchmarks.perf.hardware import spec_peak
+
+    assert spec_peak(name) is None  # never a guessed figure (A10G is not an A10, nor an A100)
+
+
+def test_mfu_fields_and_table_label_both_peaks():
+    from canbench.benchmarks.perf.throughput import mfu_fields
+
+    achieved = 2.9e14  # FLOP/s
+    assert mfu_fields(achieved, 7.9e14, 989.4e12) == pytest.approx({"mfu_spec": achieved / 989.4e12,
+                                                                    "mfu_measured": achieved / 7.9e14})
+    assert mfu_fields(achieved, 7.9e14, None) == pytest.approx({"mfu_measured": achieved / 7.9e14})
+    row = {"method": "can", "arch": "vit_base", "img_size": 224, "patch_size": 16, "batch": 128, "accum": 1,
+           "precision": "bf16", "compile": True, "data": "synthetic", "img_per_s": 1721.0, "img_per_s_wall": 1700.0,
+           "step_ms_median": 74.4, "train_gflop_per_img": 168.5, "achieved_gflop_per_s": 1721.0 * 168.5,
+           "peak_mem_bytes": 2 ** 34, **mfu_fields(1721.0 * 168.5e9, 7.9e14, 989.4e12)}
+    report = {"rows": [row], "peak_flops": 7.9e14, "peak_flops_source": "measured 8192^3 bf16 matmul",
+              "spec_peak_flops": 989.4e12, "spec_peak_card": "H100 SXM", "spec_peak_source": "datasheet",
+              "hardware": {"device": "cuda:0", "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
+                           "cpu_model": "x", "cpu_cores": 16, "torch": "2", "torchvision": "0", "timm": "1"}}
+    table = format_throughput_table(report)
+    assert "MFU spec" in table and "MFU meas" in table
+    assert " 0.293 " in table and " 0.367 " in table  # 1,721 img/s x 168.5 GFLOP / 989.4 and / 790 TFLOP/s
+    assert "H100 SXM dense bf16" in table
+    report.update(spec_peak_flops=None, spec_peak_card=None, spec_peak_source=None)
+    report["hardware"]["gpu_name"] = "NVIDIA Mystery 1"
+    report["rows"][0].pop("mfu_spec")
+    assert "MFU spec: omitted, 'NVIDIA Mystery 1' is not in the spec-peak table" in format_throughput_table(report)
+
+
+# ---- model-step levers ---------------------------------------------------------------------------------
+
+
+def test_lever_options_are_checked():
+    from canbench.train.step import StepLevers
+
+    with pytest.raises(ConfigError, match="compile_mode='max-autotune' needs compile=True"):
+        ThroughputOptions(compile_mode="max-autotune")
+    with pytest.raises(ConfigError, match="compile_mode='fast'"):
+        ThroughputOptions(compile=True, compile_mode="fast")
+    with pytest.raises(ConfigError, match="adamw='apex'"):
+        ThroughputOptions(adamw="apex")
+    with pytest.raises(ConfigError, match="compile_norm_mlp=True is a lever of the eager step"):
+        ThroughputOptions(compile=True, compile_norm_mlp=True)
+    assert ThroughputOptions(compile=True, compile_mode="reduce-overhead", adamw="foreach").levers() == \
+        StepLevers(compile_mode="reduce-overhead", adamw="foreach")
+
+
+def test_adamw_implementations_and_channels_last_give_the_same_step(tiny_overrides):
+    """fused / foreach / loop AdamW and a channels-last patch embedding: the same parameters after a step (one:
+    Adam's normalised update turns rounding-level gradient differences of later steps into lr-sized ones)."""
+    from canbench.train.step import StepLevers, TrainStep
+
+    cfg = build_config("can", "smoke", tiny_overrides + ["train.device=cpu"], validate_paths=False)
+    device = torch.device("cpu")
+    batches = list(synthetic_inputs(cfg, 4, 1, device))
+    params = {}
+    for name, levers in [("loop", StepLevers(adamw="loop")), ("foreach", StepLevers(adamw="foreach")),
+                         ("fused", StepLevers(adamw="fused")), ("channels_last", StepLevers(channels_last=True))]:
+        step = TrainStep(cfg, device, levers=levers)
+        if name == "channels_last":
+            w = step.method.encoder.patch_embed.proj.weight
+            assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        else:
+            group = step.optimizer.defaults
+            assert bool(group.get("fused")) == (name == "fused") and bool(group.get("foreach")) == (name == "foreach")
+        for b in batches:
+            step(b, 1e-3)
+        params[name] = torch.cat([p.detach().flatten() for p in step.method.parameters()])
+    for name in ("foreach", "fused", "channels_last"):
+        assert torch.allclose(params[name], params["loop"], rtol=0, atol=1e-6), name
+    assert not torch.equal(params["loop"], torch.cat([p.detach().flatten() for p in
+                                                      TrainStep(cfg, device).method.parameters()]))  # it moved
+
+
+def test_compile_norm_mlp_wraps_every_norm_and_mlp(tiny_overrides):
+    from timm.layers import Mlp
+
+    from canbench.train.step import StepLevers, TrainStep
+
+    cfg = build_config("mae", "smoke", tiny_overrides + ["train.device=cpu"], validate_paths=False)
+    step = TrainStep(cfg, torch.device("cpu"), levers=StepLevers(compile_norm_mlp=True))
+    targets = [m for m in step.method.modules() if isinstance(m, (torch.nn.LayerNorm, Mlp))]
+    assert any(isinstance(m, Mlp) for m in targets) and any(isinstance(m, torch.nn.LayerNorm) for m in targets)
+    assert all(getattr(m, "_compiled_call_impl", None) is not None for m in targets)
+    others = [m for m in step.method.modules() if isinstance(m, torch.nn.Linear) and m not in
+              {x for t in targets for x in t.modules()}]
+    assert others and all(getattr(m, "_compiled_call_impl", None) is None for m in others)  # the rest stays eager
+
+
+def test_rng_cost_times_the_methods_draws(tiny_overrides):
+    from canbench.benchmarks.perf.throughput import rng_cost_ms
+
+    draws = {}
+    for m in ("can", "simclr", "mae"):
+        cfg = build_config(m, "smoke", tiny_overrides, validate_paths=False)
+        out = rng_cost_ms(cfg, 4, torch.device("cpu"), repeats=2)
+        assert out["rng_counter_ms"] >= 0 and out["rng_torch_ms"] >= 0
+        draws[m] = out["rng_draws"]
+    assert draws == {"can": ["mask", "noise"], "simclr": [], "mae": ["mask"]}
+
+
+def test_cli_throughput_levers(capsys, tiny_overrides):
+    argv = ["throughput", "--arch", "vit_micro", "--device", "cpu", "--methods", "can", "--batch", "4", "--steps",
+            "1", "--warmup", "0", "--json", "--adamw", "foreach", "--channels-last", "--rng-cost"]
+    assert main(argv + [a for o in tiny_overrides for a in ("--set", o)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert (row["adamw"], row["channels_last"], row["compile_mode"], row["compile"]) == ("foreach", True, None, False)
+    assert row["rng_draws"] == ["mask", "noise"] and row["rng_counter_ms"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from canbench.config import Config, ConfigError
 from canbench.fingerprint import code_version
 from canbench.io import torch_load, torch_save_atomic
 from canbench.rundir import RunDir
+
+log = logging.getLogger("canbench.pretrain")
 
 FORMAT_VERSION = 1
 ENCODER_PREFIX = "encoder."  # the encoder's keys inside a method's state dict
@@ -68,7 +71,7 @@ def save(run_dir: str | Path, *, cfg: Config, model: torch.nn.Module, optimizer:
     }
     run = RunDir(run_dir)
     path = run.last_checkpoint
-    torch_save_atomic(state, path)
+    torch_save_atomic(state, path, previous=run.prev_checkpoint)  # the old last.pt becomes prev.pt
     if keep > 1:
         torch_save_atomic(state, run.step_checkpoint(step))
         olds = sorted(path.parent.glob("step_*.pt"))
@@ -86,6 +89,33 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with {RunDir.CHECKPOINTS}/{RunDir.LAST} "
                                 "or a .pt file)")
     return torch_load(p, map_location)
+
+
+def load_resumable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+    """The newest good checkpoint of a run folder and its path: ``last.pt``, else ``prev.pt`` (a crash between
+    the two renames of :func:`save` leaves only ``prev.pt``). A file that is unreadable or whose sha256 differs
+    from the one recorded when it was written is reported (a warning naming it) and skipped; None when the
+    folder holds no checkpoint; a ConfigError when it holds some but none is good."""
+    run = RunDir(run_dir)
+    bad = []
+    for p in (run.last_checkpoint, run.prev_checkpoint):
+        if not p.is_file():
+            continue
+        try:
+            ckpt = torch_load(p, map_location)
+            if not isinstance(ckpt, dict) or "step" not in ckpt or "model" not in ckpt:
+                raise ConfigError(f"{p} is not a canbench training checkpoint")
+        except ConfigError as exc:
+            log.warning("skipping checkpoint %s: %s", p, exc)
+            bad.append(str(exc))
+            continue
+        if bad:
+            log.warning("resuming from the previous checkpoint %s (step %s) instead", p, ckpt["step"])
+        return ckpt, p
+    if bad:
+        raise ConfigError(f"{run.path}: no good checkpoint left to resume from ({'; '.join(bad)}); start over with "
+                          "--force (pretrain) or move the run folder away")
+    return None
 
 
 def is_canbench_checkpoint(obj: Any) -> bool:

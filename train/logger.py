@@ -3,8 +3,13 @@
 Every ``train.log_every`` steps (and at the last step) :class:`RunLogger` averages each loss term over
 the steps since the previous line and over ranks, checks that every value is finite (naming the first
 bad step and term), and rank 0 writes one JSON line; the status file carries the step for ``grid status``
-and the demo. tqdm draws a bar only on a terminal; TensorBoard event files are written when the
-``tensorboard`` extra is installed. Values stay on the device between log steps (no per-step host sync).
+and the demo. tqdm draws a bar only on a terminal. Values stay on the device between log steps (no per-step
+host sync).
+
+The same scalars (and, through :func:`open_sinks`, the evaluation suites' metrics) also go to the optional
+sinks users expect: TensorBoard event files in ``<run>/tensorboard`` when the ``tensorboard`` extra is
+installed, and Weights & Biases when the run's config says ``train.wandb: true`` (the ``wandb`` extra;
+imported only then, offline unless ``WANDB_MODE`` is set, files in ``<run>/wandb``).
 
 What it has collected travels in every checkpoint (:meth:`RunLogger.state_dict`), so a run resumed at any
 step — a preemption does not wait for a log boundary — writes exactly the lines and final losses an
@@ -15,13 +20,17 @@ happen to fall there.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
+import os
 import sys
 import time
 from typing import Any
 
 import torch
 
+from canbench.config import ConfigError
 from canbench.io import append_jsonl
 from canbench.rundir import RunDir
 from canbench.runtime import all_reduce_mean
@@ -42,7 +51,8 @@ class RunLogger:
     """Collects the loss terms of each step; writes a metrics line every ``log_every`` steps."""
 
     def __init__(self, run: RunDir, *, total_steps: int, steps_per_epoch: int, log_every: int, accum_steps: int,
-                 start_step: int, device: torch.device, is_main: bool) -> None:
+                 start_step: int, device: torch.device, is_main: bool,
+                 config: dict[str, Any] | None = None) -> None:
         self.run, self.total, self.spe = run, total_steps, steps_per_epoch
         self.every, self.accum = log_every, accum_steps
         self.device, self.is_main = device, is_main
@@ -53,7 +63,7 @@ class RunLogger:
         self.step = start_step
         self.t_last, self.n_img = time.perf_counter(), 0
         self.bar = _progress(total_steps, start_step) if is_main else None
-        self.tb = _tensorboard(run) if is_main else None
+        self.sinks = open_sinks(run, config) if is_main else None
 
     def restart_clock(self, step: int) -> None:
         """(Re)start the img/s clock at ``step``: the first line after a resume times only this session's steps."""
@@ -82,10 +92,8 @@ class RunLogger:
         if self.bar is not None:
             self.bar.update(self.every if not last else self.total - self.bar.n)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, float):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+        if self.sinks is not None:
+            self.sinks.log({k: v for k, v in record.items() if k != "time"}, step, prefix="train")
         return record
 
     def check_finite(self) -> None:
@@ -94,8 +102,9 @@ class RunLogger:
             for i, v in enumerate(vals):
                 if not torch.isfinite(v).all():
                     first = self.step - (len(vals) - i - 1) // self.accum
-                    raise NonFiniteLossError(f"non-finite loss term {k!r} at step {first}: {float(v)}; "
-                                             f"the last good checkpoint is kept in {self.run.path}")
+                    kept = (f"the last good checkpoint is kept in {self.run.last_checkpoint}" if
+                            self.run.has_checkpoint() else f"no checkpoint was written yet in {self.run.path}")
+                    raise NonFiniteLossError(f"non-finite loss term {k!r} at step {first}: {float(v)}; {kept}")
 
     def _write(self, lr: float, img_per_s: float) -> dict[str, Any]:
         self.check_finite()
@@ -131,8 +140,8 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.sinks is not None:
+            self.sinks.close()
 
 
 def _progress(total: int, start: int):
@@ -151,4 +160,83 @@ def _tensorboard(run: RunDir):
     return SummaryWriter(log_dir=str(run.tensorboard_dir))
 
 
-__all__ = ["NonFiniteLossError", "RunLogger", "final_window"]
+def _wandb(run: RunDir, cfg: dict[str, Any]):
+    """A Weights & Biases run for ``run`` (imported only when asked for; offline unless WANDB_MODE is set)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.wandb is true but the wandb package is not installed: "
+                          "pip install 'canbench[wandb]' (or set train.wandb=false)") from None
+    rec = cfg.get("extra") or {}
+    mode = os.environ.get("WANDB_MODE", "offline")  # compute nodes rarely reach the internet: sync later
+    path = run.path / "wandb"
+    path.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "canbench"), dir=str(path), mode=mode,
+                      name=rec.get("run_name") or run.name, id=rec.get("run_id") or None, resume="allow",
+                      group=rec.get("grid"), config={k: v for k, v in cfg.items() if k != "extra"} | {"extra": rec})
+
+
+ID_KEYS = ("dataset", "set", "shots")  # what names one entry of a per-set result list
+
+
+def _scalars(d: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The finite numbers of a (nested) metrics mapping as ``prefix/key/sub`` -> float (lists are skipped)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_scalars(v, name))
+        elif isinstance(v, list):  # per-set results (few-shot, shift): named by their set and shot count
+            for i, item in enumerate(v):
+                if isinstance(item, dict):
+                    tag = "_".join(f"{item[t]}{'shot' if t == 'shots' else ''}" for t in ID_KEYS if t in item)
+                    out.update(_scalars({k: x for k, x in item.items() if k not in ID_KEYS}, f"{name}/{tag or i}"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+class Sinks:
+    """TensorBoard and Weights & Biases behind one ``log(scalars, step, prefix)``; either may be absent."""
+
+    def __init__(self, tb: Any = None, wandb_run: Any = None) -> None:
+        self.tb, self.wandb = tb, wandb_run
+
+    def log(self, metrics: dict[str, Any], step: int, prefix: str) -> dict[str, float]:
+        """Send every finite number of ``metrics`` as ``prefix/<key>`` at ``step``; returns what was sent."""
+        scalars = _scalars(metrics, prefix)
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None and scalars:
+            self.wandb.log(scalars, step=step)
+        return scalars
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _importable(name: str) -> bool:
+    return sys.modules.get(name) is not None or importlib.util.find_spec(name) is not None
+
+
+def check_sinks(config: dict[str, Any] | None) -> None:
+    """Raise ConfigError now when ``config`` asks for Weights & Biases and the package is not installed."""
+    if bool(((config or {}).get("train") or {}).get("wandb")) and not _importable("wandb"):
+        raise ConfigError("train.wandb is true but the wandb package is not installed: "
+                          "pip install 'canbench[wandb]' (or set train.wandb=false)")
+
+
+def open_sinks(run: RunDir, config: dict[str, Any] | None = None) -> Sinks:
+    """The run's TensorBoard writer (when the extra is installed) and, when ``config`` (the run's config as a
+    mapping; default its ``config.yaml``) says ``train.wandb: true``, its W&B run."""
+    cfg = (run.read_config() if config is None else config) or {}
+    wandb_on = bool((cfg.get("train") or {}).get("wandb"))
+    return Sinks(_tensorboard(run), _wandb(run, cfg) if wandb_on else None)
+
+
+__all__ = ["NonFiniteLossError", "RunLogger", "Sinks", "check_sinks", "final_window", "open_sinks"]

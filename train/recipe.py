@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from canbench.config import (
     ARCHS,
     SCALES,
@@ -26,7 +24,8 @@ from canbench.config import (
     overrides_to_dict,
 )
 from canbench.data.builtin import BUILTIN_VERSION
-from canbench.data.datasets import DATASETS
+from canbench.data.datasets import DATASETS, check_dataset_layout
+from canbench.io import read_yaml
 from canbench.methods import METHODS, method_class
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -52,10 +51,7 @@ def preset_names() -> list[str]:
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """The raw preset mapping of a name (``smoke``) or YAML path (reads one file), its keys checked."""
-    with open(preset_path(name_or_path)) as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"preset {name_or_path!r}: expected a mapping, got {type(raw).__name__}")
+    raw = read_yaml(preset_path(name_or_path), mapping=True)
     for k in raw:
         if k not in PRESET_KEYS:
             raise ConfigError(f"preset {name_or_path!r}: unknown top-level key {k!r}{closest(k, PRESET_KEYS)}")
@@ -78,12 +74,18 @@ def build_config(method: str, preset: str | None = None, overrides: list[str] | 
     cfg.method.name = method
     if preset:
         raw = load_preset(preset)
-        apply(cfg, raw.get("config") or {})
-        per_method = raw.get("methods") or {}
-        for m in per_method:
-            if m not in METHODS:
-                raise ConfigError(f"preset {preset!r}: unknown method section {m!r}{closest(m, METHODS)}")
-        apply(cfg, per_method.get(method) or {})
+        where = f"preset {str(preset_path(preset))!r}"
+        try:
+            apply(cfg, raw.get("config") or {}, prefix="config." if not isinstance(raw.get("config"), dict) else "")
+            per_method = raw.get("methods") or {}
+            if not isinstance(per_method, dict):
+                raise ConfigError(f"methods: expected a mapping of method names to sections, got {per_method!r}")
+            for m in per_method:
+                if m not in METHODS:
+                    raise ConfigError(f"unknown method section {m!r}{closest(m, METHODS)}")
+            apply(cfg, per_method.get(method) or {})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
         if cfg.extra.preset is None:
             cfg.extra.preset = preset
     if overrides:
@@ -136,11 +138,29 @@ def validate(cfg: Config, world_size: int = 1, check_paths: bool = True) -> None
             raise ConfigError(f"data.builtin_version={d.builtin_version!r}: this checkout renders version "
                               f"{BUILTIN_VERSION} of the built-in data set (data/builtin.py); a run made on "
                               "another version cannot be trained or resumed here")
-    if check_paths and d.dataset not in ("builtin", "digits"):
-        if not d.root:
-            raise ConfigError(f"data.root must be set for data.dataset={d.dataset!r}")
-        if not Path(d.root).exists():
-            raise ConfigError(f"data.root={d.root!r} does not exist (data.dataset={d.dataset!r})")
+    if check_paths:
+        check_data_root(d)
+
+
+def check_data_root(d: Any) -> None:
+    """The pretraining data before any work: a set that needs a root has one that exists and holds the set's
+    layout (:func:`canbench.data.datasets.check_dataset_layout`); a generated set (built-in, digits) given a root
+    is an error too, since the root would be ignored and the run would train on other data than meant."""
+    spec = DATASETS.get(d.dataset)
+    if spec is not None and not spec.needs_root:
+        if d.root:
+            raise ConfigError(f"data.root={d.root!r} is set, but data.dataset={d.dataset!r} is generated and reads no "
+                              "root: set data.dataset to the data set that root holds (e.g. data.dataset=imagefolder) "
+                              "or leave data.root unset")
+        return
+    if not d.root:
+        raise ConfigError(f"data.root must be set for data.dataset={d.dataset!r}")
+    if not Path(d.root).is_dir():
+        raise ConfigError(f"data.root={d.root!r} does not exist or is not a folder (data.dataset={d.dataset!r})")
+    try:
+        check_dataset_layout(d.dataset, d.root, d.split)
+    except ConfigError as e:
+        raise ConfigError(f"data.root={d.root!r} does not hold data set {d.dataset!r}: {e}") from None
 
 
 def scale_of(cfg: Config | None) -> tuple[str, str]:
@@ -164,5 +184,5 @@ def scale_of(cfg: Config | None) -> tuple[str, str]:
     return "paper", f"data.dataset={cfg.data.dataset}"
 
 
-__all__ = ["PRESET_DIR", "build_config", "config_from_dict", "list_presets", "load_preset", "preset_names",
-           "preset_path", "resolve_defaults", "scale_of", "validate"]
+__all__ = ["PRESET_DIR", "build_config", "check_data_root", "config_from_dict", "list_presets", "load_preset",
+           "preset_names", "preset_path", "resolve_defaults", "scale_of", "validate"]

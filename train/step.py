@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from canbench.config import Config
+from canbench.config import Config, ConfigError
 from canbench.methods import build_method
 from canbench.runtime import DistInfo
 
@@ -68,11 +68,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(method: nn.Module, cfg: Config, device: torch.device, amp_dtype: torch.dtype | None
-                    ) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
-    """AdamW over :func:`param_groups` (fused kernels on CUDA; lr set per step) and a GradScaler for fp16 only."""
+ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")  # auto: fused on CUDA, torch's default elsewhere
+
+
+def build_optimizer(method: nn.Module, cfg: Config, device: torch.device, amp_dtype: torch.dtype | None,
+                    adamw: str = "auto") -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """AdamW over :func:`param_groups` (fused kernels on CUDA; lr set per step) and a GradScaler for fp16 only.
+
+    ``adamw`` picks torch's implementation (a throughput lever): ``fused`` (one kernel), ``foreach``
+    (multi-tensor), ``loop`` (one parameter at a time); ``auto`` = fused on CUDA, torch's default elsewhere."""
+    if adamw not in ADAMW_IMPLS:
+        raise ConfigError(f"adamw={adamw!r} is not one of {ADAMW_IMPLS}")
+    impl = {"auto": {"fused": True} if device.type == "cuda" else {}, "fused": {"fused": True},
+            "foreach": {"foreach": True}, "loop": {"foreach": False}}[adamw]
     optimizer = torch.optim.AdamW(param_groups(method, cfg.optim.weight_decay), lr=0.0,
-                                  betas=tuple(cfg.optim.betas), **({"fused": True} if device.type == "cuda" else {}))
+                                  betas=tuple(cfg.optim.betas), **impl)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return optimizer, scaler
 
@@ -92,22 +102,64 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     optimizer.zero_grad(set_to_none=True)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_norm_mlp(module: nn.Module) -> int:
+    """``torch.compile`` each LayerNorm and each MLP (fc1 -> GELU -> fc2) in place, the rest stays eager
+    (a throughput lever: fused norm / GELU epilogues without compiling the whole model); returns how many."""
+    from timm.layers import Mlp
+
+    targets = [m for m in module.modules() if isinstance(m, (nn.LayerNorm, Mlp))]
+    for m in targets:
+        m.compile()
+    return len(targets)
+
+
+@dataclass(frozen=True)
+class StepLevers:
+    """Throughput levers of the model step, off by default (``canbench throughput`` switches each alone).
+
+    ``compile_mode``: ``torch.compile(mode=...)`` when the step is compiled (``reduce-overhead`` = CUDA
+    graphs); ``adamw``: see :func:`build_optimizer`; ``channels_last``: 4-D parameters (the patch
+    embedding) in channels-last layout; ``compile_norm_mlp``: :func:`compile_norm_mlp` on an eager step."""
+
+    compile_mode: str | None = None
+    adamw: str = "auto"
+    channels_last: bool = False
+    compile_norm_mlp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode={self.compile_mode!r} is not one of {COMPILE_MODES}")
+        if self.adamw not in ADAMW_IMPLS:
+            raise ConfigError(f"adamw={self.adamw!r} is not one of {ADAMW_IMPLS}")
+
+
 class TrainStep:
     """``step(batch, lr)`` runs one optimizer step of ``cfg``'s method on ``device`` and returns its loss terms."""
 
-    def __init__(self, cfg: Config, device: torch.device, dist: DistInfo | None = None) -> None:
+    def __init__(self, cfg: Config, device: torch.device, dist: DistInfo | None = None,
+                 levers: StepLevers | None = None) -> None:
         dist = dist or DistInfo()
+        levers = levers or StepLevers()
         torch.manual_seed(cfg.train.seed)  # parameter init is a function of the seed alone
         self.device = device
         self.method = build_method(cfg).to(device)
+        if levers.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        compiled = use_compile(cfg, device)
+        if levers.compile_norm_mlp and not compiled:
+            compile_norm_mlp(self.method)
         self.amp_dtype = autocast_dtype(cfg, device)
-        self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype)
+        self.optimizer, self.scaler = build_optimizer(self.method, cfg, device, self.amp_dtype, levers.adamw)
         model: nn.Module = self.method
         if dist.world_size > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        if use_compile(cfg, device):
-            model = torch.compile(model)
+        mode = {"mode": levers.compile_mode} if levers.compile_mode else {}
+        if compiled:
+            model = torch.compile(model, **mode)
         self.model = model
         self.model.train()
         self.accum = cfg.optim.accum_steps
@@ -115,7 +167,7 @@ class TrainStep:
         self.cached = self.accum > 1 and self.method.batch_coupled  # exact accumulation (module docstring)
         # the cached path calls the method's two parts itself (not through DDP, which it replaces by one
         # all-reduce); compiled like the plain path's model when train.compile asks for it
-        self.step_terms = (torch.compile(self.method.step_terms) if self.cached and use_compile(cfg, device)
+        self.step_terms = (torch.compile(self.method.step_terms, **mode) if self.cached and compiled
                            else self.method.step_terms)
 
     @property
@@ -231,5 +283,5 @@ def average_gradients(module: nn.Module) -> None:
         start += g.numel()
 
 
-__all__ = ["Batch", "TrainStep", "autocast_dtype", "average_gradients", "build_optimizer", "optimizer_step",
-           "param_groups", "use_compile"]
+__all__ = ["ADAMW_IMPLS", "Batch", "COMPILE_MODES", "StepLevers", "TrainStep", "autocast_dtype", "average_gradients",
+           "build_optimizer", "compile_norm_mlp", "optimizer_step", "param_groups", "use_compile"]

@@ -11,9 +11,12 @@ steps and its checkpoint is exact. ``stop`` (a callable of the trainer) ends the
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,7 +29,7 @@ from canbench.config import LR_SCALING, Config, ConfigError, Derived, derived, f
 from canbench.data.identity import identify
 from canbench.data.pipeline import PretrainData
 from canbench.fingerprint import batch_provenance, environment, mismatches, protocol_fingerprint
-from canbench.io import file_sha256, torch_save_atomic
+from canbench.io import file_sha256, remove_leftovers, torch_save_atomic
 from canbench.methods import method_class
 from canbench.rundir import RunDir
 from canbench.runtime import DistInfo, init_from_env, resolve_device
@@ -74,26 +77,32 @@ class Trainer:
         self.step = 0
         self.model: torch.nn.Module | None = None  # set by fit; the requeue handler saves only a built trainer
         self.last_saved_step: int | None = None  # step of the newest checkpoint written by this trainer
+        self._resumed_step: int | None = None  # step of the checkpoint this session resumed from
+        self._ckpt_clock = time.monotonic()  # when the last checkpoint was written (train.ckpt_minutes)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Write the exact state after the last completed step (rank 0 writes; all ranks wait)."""
         path = None
-        self.last_saved_step = self.step
+        self._ckpt_clock = time.monotonic()
         if self.dist.is_main:
             path = checkpoint.save(self.run_dir, cfg=self.cfg, model=self.method, optimizer=self.optimizer,
                                    scaler=self.scaler, step=self.step, total_steps=self.info.total_steps,
-                                   extra={"derived": asdict(self.info), "logger": self.logger.state_dict()},
+                                   extra={"derived": asdict(self.info), "logger": self.logger.state_dict(),
+                                          "bad_images": list(self.data.bad_images.paths)},
                                    keep=self.cfg.train.keep_checkpoints)
+        self.last_saved_step = self.step
         return path
 
     def _restore(self) -> dict[str, Any] | None:
         """Load the run folder's checkpoint into the step; returns its RNG state (None without a checkpoint)."""
-        path = self.run.last_checkpoint
-        if not path.is_file():
+        found = checkpoint.load_resumable(self.run_dir, map_location=self.device)
+        if found is None:
             return None
-        ckpt = checkpoint.load(path, map_location=self.device)
+        ckpt, path = found
         saved = ckpt["config"]
+        if saved != self.cfg.to_dict():  # keys added to the schema since it was written take their defaults
+            saved = _normalised(saved)
         if saved != self.cfg.to_dict():
             diff = mismatches(flatten(saved), flatten(self.cfg.to_dict()))
             raise ConfigError(f"--resume: the config differs from the checkpoint's at {path}: {diff}")
@@ -102,9 +111,11 @@ class Trainer:
         if self.scaler is not None and ckpt["scaler"] is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
+        self._resumed_step = self.step
         self.logger.step = self.step
         if "logger" in ckpt.get("extra", {}):  # what was collected since the last log line, and the final window
             self.logger.load_state_dict(ckpt["extra"]["logger"])
+        self.data.bad_images.paths = dict.fromkeys(ckpt.get("extra", {}).get("bad_images", []))  # met before
         if self.dist.is_main:  # drop metrics logged after the checkpoint: they will be logged again
             self.run.keep_metrics_until(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -114,6 +125,35 @@ class Trainer:
     def fit(self, resume: bool = True) -> dict[str, Any]:
         """Train to the end (or until ``stop`` says so); returns the run summary."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._owned(), use_threads(self.cfg.train.threads):
+            return self._fit(resume)
+
+    @contextlib.contextmanager
+    def _owned(self):
+        """Own the run folder while training (rank 0; :meth:`RunDir.own`): a second trainer is refused naming
+        this one, and a dead one leaves nothing held. Temp files a killed write left are removed first; a full
+        disk ends the run with a clear error (status and checkpoints stay whole: every write is atomic)."""
+        if not self.dist.is_main:
+            yield
+            return
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+        with self.run.own(job_id=job, command="train"):
+            for folder in (self.run_dir, self.run.checkpoint_dir, self.run.eval_dir, self.run.finetune_dir):
+                for p in remove_leftovers(folder):
+                    log.info("removed %s (left by an interrupted write)", p)
+            try:
+                yield
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                good = self.last_saved_step if self.last_saved_step is not None else self._resumed_step
+                kept = (f"the last good checkpoint (step {good}) is kept in {self.run.checkpoint_dir}" if good
+                        else "no checkpoint was written yet")
+                raise ConfigError(f"{exc.filename or self.run_dir}: {exc.strerror or exc} at step {self.step}: "
+                                  f"training stopped; {kept}; free space, then resume (pretrain --resume or grid "
+                                  "submit): the resumed run is the same as an uninterrupted one") from None
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         self.data = PretrainData(self.cfg)
         self.info: Derived = derived(self.cfg, len(self.data), world_size=self.dist.world_size)
         self.train_step = TrainStep(self.cfg, self.device, self.dist)
@@ -122,10 +162,12 @@ class Trainer:
         self.model = self.train_step.model
         self.logger = RunLogger(self.run, total_steps=self.info.total_steps, steps_per_epoch=self.info.steps_per_epoch,
                                 log_every=self.cfg.train.log_every, accum_steps=self.cfg.optim.accum_steps,
-                                start_step=0, device=self.device, is_main=self.dist.is_main)
+                                start_step=0, device=self.device, is_main=self.dist.is_main,
+                                config=self.cfg.to_dict())
         rng = self._restore() if resume else None
         if rng is None and self.dist.is_main:  # a fresh start owns its metrics; what a previous run left is stale
-            for stale in (self.run.metrics_path, self.run.summary_path, self.run.encoder_path):
+            for stale in (self.run.metrics_path, self.run.summary_path, self.run.encoder_path,
+                          self.run.last_checkpoint, self.run.prev_checkpoint):  # never a fallback of another run
                 stale.unlink(missing_ok=True)
         if self.dist.is_main:
             self.run.write_config(self.cfg.to_dict())
@@ -135,8 +177,11 @@ class Trainer:
             self._loop(rng)
         except BaseException as exc:  # mark failed, keep the last good checkpoint, re-raise
             if self.dist.is_main and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                self.run.write_status("failed", step=self.step, reason=f"{type(exc).__name__}: {exc}",
-                                      traceback=traceback.format_exc())
+                try:
+                    self.run.write_status("failed", step=self.step, reason=f"{type(exc).__name__}: {exc}",
+                                          traceback=traceback.format_exc())
+                except OSError as werr:  # e.g. the disk is full: the released lock shows the run as interrupted
+                    log.warning("could not record the failure in %s: %s", self.run.status_path, werr)
             raise
         if self.step < self.info.total_steps:  # stopped on request (requeue): not done
             return {"state": "stopped", "step": self.step}
@@ -171,7 +216,10 @@ class Trainer:
                     terms = self.train_step(batch, lr)
                     self.step += 1
                     logger.after_step(self.step, terms, lr, batch["seed"].shape[0] * self.dist.world_size)
-                    if self.step % cfg.train.ckpt_every == 0 or self.step == info.total_steps:
+                    due = self.step % cfg.train.ckpt_every == 0 or self.step == info.total_steps
+                    if not due and cfg.train.ckpt_minutes > 0:  # wall-clock cadence, on a step boundary
+                        due = time.monotonic() - self._ckpt_clock >= 60.0 * cfg.train.ckpt_minutes
+                    if due:
                         logger.check_finite()
                         self.save_checkpoint()
                         if self.dist.is_main:
@@ -190,6 +238,7 @@ class Trainer:
         c = self.cfg
         d = c.data
         provenance = {**environment(), "precision": self.train_step.precision, "checkpoint_step": self.step,
+                      "threads": torch.get_num_threads(),
                       **batch_provenance(c.optim.batch_size, c.optim.accum_steps, n_dev,
                                          method_class(c.method.name).contrastive and c.method.l_nce > 0)}
         return {
@@ -197,6 +246,7 @@ class Trainer:
             "steps": self.step, "images_seen": images, "final": final,
             "final_window": {"from_step": self.logger.final_from, "to_step": self.step},
             "loss_weights": dict(self.method.weights), "empty_terms": self.method.empty_terms(),
+            "bad_images": self.data.bad_images.summary(),  # unreadable files replaced (docs/data.md)
             "data_identity": identify(d.dataset, d.root, d.split, builtin_version=d.builtin_version,
                                       size=d.builtin_size),
             "provenance": provenance, "img_per_s": img_per_s,
@@ -219,6 +269,31 @@ class Trainer:
                            "state_dict": enc.export_timm(), "step": self.step}, self.run.encoder_path)
 
 
+@contextlib.contextmanager
+def use_threads(threads: int):
+    """Torch's CPU threads from ``train.threads`` while training (0: leave torch's choice), restored after (an
+    in-process caller keeps its own). Set on every attempt (fresh, resumed, requeued, any executor): CPU results
+    depend on it bit for bit."""
+    before = torch.get_num_threads()
+    if threads > 0 and before != threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _normalised(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as today's schema writes it (keys added since take their defaults)."""
+    from canbench.train.recipe import config_from_dict
+
+    try:
+        return config_from_dict(cfg_dict).to_dict()
+    except ConfigError:
+        return cfg_dict
+
+
 def _flops_or_none(cfg: Config) -> dict[str, float] | None:
     """Per-image training FLOPs of the method (:mod:`canbench.methods.flops`); never fails a finished run."""
     from canbench.methods.flops import count_method_flops
@@ -236,4 +311,4 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = True,
     return Trainer(cfg, run_dir, stop=stop).fit(resume=resume)
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "defer_signals", "pretrain"]
+__all__ = ["NonFiniteLossError", "Trainer", "defer_signals", "pretrain", "use_threads"]

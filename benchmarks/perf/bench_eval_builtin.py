@@ -80,19 +80,24 @@ def pretrained_run(runs_dir: Path, method: str, preset: str, overrides: list[str
     return run, time.time() - t0
 
 
-def random_run(runs_dir: Path, preset: str, overrides: list[str], method: str = "can") -> Path:
-    """A run folder whose checkpoint holds a freshly initialised encoder (step 0) of the preset's shape."""
+def random_run(runs_dir: Path, preset: str, overrides: list[str], method: str = "can", name: str = "random",
+               record: dict[str, Any] | None = None) -> Path:
+    """A run folder ``<runs_dir>/<name>`` whose checkpoint holds a freshly initialised encoder (step 0) of the
+    preset's shape; its config says ``extra.random_init: true`` (reports show it as the random-init reference)
+    plus the run-record fields in ``record`` (e.g. benchmark, scale, run_name)."""
     from canbench.io import torch_save_atomic
     from canbench.methods.backbone import build_encoder
     from canbench.train.checkpoint import ENCODER_PREFIX
 
-    run = RunDir(runs_dir / "random")
+    run = RunDir(runs_dir / name)
     if run.has_checkpoint():
         return run.path
     cfg = build_config(method, preset, overrides)
     torch.manual_seed(cfg.train.seed)  # the engine seeds the same way before building the model
     enc = build_encoder(cfg.model)
     cfg.extra.random_init = True
+    for k, v in (record or {}).items():
+        setattr(cfg.extra, k, v)
     state = {"format_version": 1, "config": cfg.to_dict(), "step": 0,
              "model": {f"{ENCODER_PREFIX}{k}": v for k, v in enc.state_dict().items()}}
     torch_save_atomic(state, run.last_checkpoint)

@@ -22,14 +22,14 @@ from typing import Any
 
 from canbench.config import SUITES
 from canbench.evaluation.recipes import PROFILES
-from canbench.flags import add_device_flag, add_preset_flag, add_set_flag
+from canbench.flags import add_device_flag, add_preset_flag, add_set_flag, check_folder_arg, path_arg
 
 EPILOG = """settings (--set SECTION.KEY=VALUE, repeatable; values are YAML, e.g. [1,5,10,25]):
   data.dataset|root|val_root|train_size|test_size     linear / kNN / finetune data (default: the run's)
   linear.<LinearProbeConfig field>, linear.protocol  e.g. linear.epochs=90, linear.mode=full
   knn.k|temperature                                   fewshot.datasets|shots|seeds|head|root|roots.<name>
   finetune.<FinetuneConfig field>, finetune.protocol  shift.sets|roots.<set>|checkpoint|options.<key>
-  model.arch|img_size|patch_size|class_token|pool     public checkpoints (--format) only
+  model.arch|img_size|patch_size|class_token|pool     public checkpoints (--format) only; pool: MAE's cls token
 --preset: an evaluation profile (smoke, small, paper, mae), a pretraining preset (its scale) or an eval YAML file.
 Exit code 2 on a bad setting or a missing data root (checked before any work)."""
 
@@ -41,14 +41,14 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Evaluate a checkpoint with one suite (or all); results go to <out>/eval/<suite>.json.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=SUITES + ("all",), help="the suite to run (all: every suite)")
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
+    p.add_argument("--checkpoint", required=True, metavar="PATH", type=path_arg,
                    help="run folder, canbench checkpoint file, finetune folder (shift), or a public checkpoint "
                         "with --format")
     p.add_argument("--format", dest="fmt", choices=("mae", "timm"), default=None,
                    help="the checkpoint is public MAE (facebookresearch/mae) or timm ViT weights")
     p.add_argument("--arch", default=None, help="ViT size of a public checkpoint (vit_base, ...; default: read "
                                                 "from the weights)")
-    p.add_argument("--out", default=None, metavar="DIR",
+    p.add_argument("--out", default=None, metavar="DIR", type=path_arg,
                    help="results folder: DIR/eval/<suite>.json (default: the run folder; required for public "
                         "checkpoints)")
     add_preset_flag(p, None, help=f"evaluation profile ({', '.join(PROFILES)}), pretraining "
@@ -65,6 +65,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from canbench.evaluation.runner import evaluate
     from canbench.evaluation.source import resolve_source
 
+    check_folder_arg(args.out)
     source = resolve_source(args.checkpoint, fmt=args.fmt, arch=args.arch)
     if source.kind == "external" and args.out is None:
         from canbench.config import ConfigError

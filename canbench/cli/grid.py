@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from canbench.config import SCALES
-from canbench.flags import add_executor_flag, add_set_flag
+from canbench.flags import add_executor_flag, add_set_flag, path_arg
 from canbench.slurm.spec import load_spec, resolve_spec_path
 
 SET_HELP = ("config override for every run (optim.max_steps=6) or resource (slurm.partition=gpu, slurm.account=..., "
@@ -15,9 +15,10 @@ SET_HELP = ("config override for every run (optim.max_steps=6) or resource (slur
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="grid YAML (benchmarks/grids/paper/fig6_masking_rate.yaml) or a packaged spec name")
+    p.add_argument("spec", type=path_arg,
+                   help="grid YAML (benchmarks/grids/paper/fig6_masking_rate.yaml) or a packaged spec name")
     p.add_argument("--scale", default="smoke", choices=SCALES, help="scale profile of the spec (default: smoke)")
-    p.add_argument("--root", default=None, metavar="RUNS_DIR",
+    p.add_argument("--root", default=None, metavar="RUNS_DIR", type=path_arg,
                    help="run store of this grid and scale (default: runs/<grid name>/<scale>)")
 
 
@@ -33,7 +34,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(resolve_spec_path(args.spec))
     report = submit_grid(spec, scale=args.scale, executor=args.executor, root=args.root,
-                         overrides=args.overrides, retry_failed=args.retry_failed, wait=args.wait)
+                         overrides=args.overrides, retry_failed=args.retry_failed, wait=args.wait, store=args.store)
     print(report.summary())
     if args.wait or args.executor == "debug":
         from canbench.slurm.control import status_grid
@@ -100,6 +101,9 @@ def add_grid_parser(subparsers) -> None:
     add_set_flag(p, help=SET_HELP)
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed runs (from their checkpoint)")
     p.add_argument("--wait", action="store_true", help="block until every run has finished, then print the table")
+    p.add_argument("--store", default=None, metavar="DIR",
+                   help="grids whose roots share DIR train each distinct config once (default: runs/ for the default "
+                        "roots, else --root itself; docs/grid.md)")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("status", help="table of runs: state, step, last loss, job id, log path")

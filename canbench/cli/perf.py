@@ -134,8 +134,8 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
         "throughput", help="images/s, step time, MFU and peak memory of the training step",
         description="Times the engine's training step (forward + backward + AdamW; bf16 autocast on GPU, "
                     "fp32 on CPU). --data synthetic (default) times the model step alone on inputs already "
-                    "on the device; builtin, jpeg:/path and jpeg-gpu:/path time it end to end with the "
-                    "data pipeline.")
+                    "on the device; builtin, jpeg:/path, jpeg-gpu:/path and dali:/path time it end to end with "
+                    "the data pipeline.")
     _common(p)
     p.add_argument("--batch", type=int, default=None, help="images per step (default: 128 on GPU, 64 on CPU)")
     p.add_argument("--accum", type=int, default=1,
@@ -146,7 +146,8 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--data", default="synthetic",
                    help="synthetic | builtin | jpeg:/path/to/train (ImageFolder of JPEGs, the PIL/CPU "
-                        "pipeline) | jpeg-gpu:/path/to/train (bytes from workers, decode + augment on the device)")
+                        "pipeline) | jpeg-gpu:/path/to/train (bytes from workers, decode + augment on the device) "
+                        "| dali:/path/to/train (the same workers feeding an NVIDIA DALI pipeline; canbench[dali])")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
     p.add_argument("--resize", default="interpolate", choices=("interpolate", "roi_align"),
                    help="jpeg-gpu only: crop+resize with the reference antialias filter (per view) or "
@@ -154,7 +155,20 @@ def add_throughput_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--data-only", action="store_true",
                    help="time the --data pipeline alone (no model step), to compare with the model-only img/s")
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help="MFU denominator in TFLOP/s instead of measuring an 8192^3 bf16 matmul")
+                   help="measured-MFU denominator in TFLOP/s instead of measuring an 8192^3 bf16 matmul "
+                        "(the spec-MFU denominator is the card's datasheet peak)")
+    lever = p.add_argument_group("model-step levers (each off by default; the device script switches one at a time)")
+    lever.add_argument("--compile-mode", default=None,
+                       choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                       help="torch.compile mode (implies --compile); reduce-overhead = CUDA graphs")
+    lever.add_argument("--adamw", default="auto", choices=("auto", "fused", "foreach", "loop"),
+                       help="AdamW implementation (auto: fused on GPU, torch's default on CPU)")
+    lever.add_argument("--channels-last", action="store_true",
+                       help="4-D parameters (the patch embedding convolution) in channels-last layout")
+    lever.add_argument("--compile-norm-mlp", action="store_true",
+                       help="eager step with each LayerNorm and MLP torch.compiled (fused epilogues)")
+    lever.add_argument("--rng-cost", action="store_true",
+                       help="also time one step's counter-based random draws against torch's generator")
     p.set_defaults(func=cmd_throughput)
     return p
 
@@ -163,10 +177,13 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     """Handler of ``canbench throughput``; returns the exit code."""
     from canbench.benchmarks.perf.throughput import ThroughputOptions, format_throughput_table, run_throughput_suite
 
-    opts = ThroughputOptions(batch=args.batch, device=args.device, compile=args.compile, steps=args.steps,
+    opts = ThroughputOptions(batch=args.batch, device=args.device, compile=args.compile or bool(args.compile_mode),
+                             steps=args.steps,
                              warmup=args.warmup, data=args.data, workers=args.workers,
                              peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-                             resize=args.resize, data_only=args.data_only, accum=args.accum)
+                             resize=args.resize, data_only=args.data_only, accum=args.accum,
+                             compile_mode=args.compile_mode, adamw=args.adamw, channels_last=args.channels_last,
+                             compile_norm_mlp=args.compile_norm_mlp, rng_cost=args.rng_cost)
     return _print(run_throughput_suite(method_configs(args), opts), format_throughput_table, args.json)
 
 

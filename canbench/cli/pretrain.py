@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 
 from canbench.config import ConfigError
-from canbench.flags import add_config_args
-from canbench.rundir import RunDir
+from canbench.flags import add_config_args, check_folder_arg, path_arg
+from canbench.rundir import RunBusyError, RunDir, describe_owner
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from canbench.train.recipe import build_config
+    from canbench.train.recipe import build_config, preset_names
     from canbench.train.trainer import pretrain
 
+    if not args.preset:
+        raise ConfigError(f"pretrain needs --preset: one of {', '.join(preset_names())} (see `canbench presets`), "
+                          "or a preset YAML file; e.g. --preset smoke for a CPU smoke run")
+    check_folder_arg(args.out)
     cfg = build_config(args.method, args.preset, args.overrides)
     run = RunDir(args.out)
+    if (holder := run.owner()) is not None:  # the trainer checks again when it takes the folder
+        raise RunBusyError(f"{run.path} is in use by {describe_owner(holder)}: one trainer per run folder")
     if run.last_checkpoint.exists() and not args.resume and not args.force:
         raise ConfigError(f"{run.path} already holds a checkpoint: pass --resume to continue it or --force to "
                           "start over")
@@ -52,8 +58,8 @@ def add_pretrain_parser(sub) -> None:
     """Register ``canbench pretrain`` and ``canbench presets``."""
     p = sub.add_parser("pretrain", help="pretrain one method into a run folder")
     p.add_argument("method", metavar="METHOD", help="a registered method: can, simclr, mae, ... (canbench.methods)")
-    add_config_args(p)
-    p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
+    add_config_args(p, required=True)
+    p.add_argument("--out", required=True, type=path_arg, help="run folder (config, metrics, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--force", action="store_true", help="start over even if the folder holds a checkpoint")
     p.set_defaults(func=_cmd_pretrain)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from canbench.config import ConfigError
-from canbench.flags import error
+from canbench.flags import error, path_arg
 from canbench.io import write_text
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,16 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "report", help="tables, figures, claims scorecard of a results folder (PDF, Markdown, CSV or LaTeX)",
         description="Collect every run under RUNS_DIR and render the paper's tables (paper value, reproduced "
                     "mean ± std, difference), figures and the claims scorecard.")
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="results root (run folders at any depth)")
-    p.add_argument("--out", default=None,
+    p.add_argument("runs_dir", metavar="RUNS_DIR", type=path_arg, help="results root (run folders at any depth)")
+    p.add_argument("--out", default=None, type=path_arg,
                    help="output file (pdf: default reports/out/report.pdf; md/csv/tex: default stdout)")
     p.add_argument("--benchmark", default=None, help="only this benchmark (table1..table5, fig6, fig7, smoke, ...)")
-    p.add_argument("--format", default="pdf", choices=("pdf", "md", "csv", "tex"), dest="fmt")
+    p.add_argument("--format", default="pdf", choices=("pdf", "md", "csv", "tex"), dest="fmt",
+                   help="pdf (tables, figures, claims), md, csv or tex")
     p.add_argument("--title", default="canbench reproduction report", help="PDF title")
-    p.add_argument("--against", default=None, metavar="paper|BASELINE.csv",
+    p.add_argument("--against", default=None, metavar="paper|BASELINE.csv", type=path_arg,
                    help="also run the reproduction check (of --benchmark's cells, if given) and include it")
-    p.add_argument("--flops-table", default=None, metavar="CSV",
+    p.add_argument("--flops-table", default=None, type=path_arg, metavar="CSV",
                    help="FLOPs per image (columns method, arch, flops) for the FLOPs-ratio claim, instead of "
                         "the runs' summary.json")
     p.set_defaults(func=report_command)
@@ -52,8 +53,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "stale (made from another checkpoint). Tolerances come from the reference's seeds or the "
                     "documented noise floors (docs/reports.md). Exit codes: 0 every reference cell passes, 1 "
                     "otherwise, 2 usage errors.")
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="results root (run folders at any depth)")
-    p.add_argument("--against", default=None, metavar="paper|BASELINE.csv",
+    p.add_argument("runs_dir", metavar="RUNS_DIR", type=path_arg, help="results root (run folders at any depth)")
+    p.add_argument("--against", default=None, metavar="paper|BASELINE.csv", type=path_arg,
                    help="reference: 'paper' or a baseline CSV written by --write-baseline")
     p.add_argument("--benchmark", action="append", default=None, metavar="NAME",
                    help="narrow the reference (and the runs) to this benchmark's cells (table1..table5, smoke...; "
@@ -62,7 +63,7 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--alpha", type=float, default=0.05,
                    help="family-wise false-alarm rate, split over the reference cells (default 0.05)")
     p.add_argument("--json", action="store_true", help="print a JSON document (for CI) instead of text")
-    p.add_argument("--write-baseline", default=None, metavar="PATH",
+    p.add_argument("--write-baseline", default=None, type=path_arg, metavar="PATH",
                    help="write the aggregated results as a baseline CSV (then check it only if --against is given)")
     p.set_defaults(func=check_command)
     return p
@@ -71,8 +72,16 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def _runs_dir(path: str) -> Path:
     root = Path(path)
     if not root.is_dir():
-        raise ConfigError(f"results folder {root} does not exist")
+        raise ConfigError(f"RUNS_DIR {root}: results folder does not exist (or is not a folder); give the folder "
+                          "that holds the run folders (e.g. runs/)")
     return root
+
+
+def _check_against(against: str | None) -> None:
+    """``--against``: 'paper' or an existing baseline CSV, checked before any run folder is read."""
+    if against and against != "paper" and not Path(against).is_file():
+        raise ConfigError(f"--against {against}: baseline file does not exist (give 'paper' or a CSV written by "
+                          "`canbench check --write-baseline`)")
 
 
 def _results(runs_dir: str, benchmark: str | None):
@@ -87,6 +96,7 @@ def _results(runs_dir: str, benchmark: str | None):
 def report_command(args: argparse.Namespace) -> int:
     """Handler of ``canbench report``; returns 0, or 2 when RUNS_DIR is not a folder."""
     root = _runs_dir(args.runs_dir)
+    _check_against(args.against)
     flops_table = None
     if args.flops_table:
         import pandas as pd
@@ -146,6 +156,7 @@ def check_command(args: argparse.Namespace) -> int:
     if not args.against and not args.write_baseline:
         raise ConfigError("check: give --against paper|BASELINE.csv and/or --write-baseline PATH")
     try:
+        _check_against(args.against)  # before any run folder is read
         if args.write_baseline:
             df = write_baseline(_results(args.runs_dir, None), args.write_baseline)
             stream = sys.stderr if args.json else sys.stdout
