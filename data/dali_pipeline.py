@@ -48,8 +48,8 @@ from .augment import (
     blur_kernel_size,
     unpack_photometric,
 )
-from .gpu_pipeline import JpegViewDataset, collate_jpeg, read_bytes
-from .loader import IMAGENET_MEAN, IMAGENET_STD, StepBatchSampler
+from .gpu_pipeline import JpegViewDataset, build_jpeg_pretrain_loader, read_bytes
+from .loader import IMAGENET_MEAN, IMAGENET_STD
 
 DALI_INSTALL = ("pip install 'canbench[dali]' (nvidia-dali-cuda130; for another CUDA, the nvidia-dali-cudaXXX "
                 "build that matches torch.version.cuda)")
@@ -82,19 +82,11 @@ class DaliViewDataset(JpegViewDataset):
 
 
 def build_dali_pretrain_loader(files: Sequence[str | os.PathLike], aug_cfg: ViewAugConfig, num_views: int,
-                               seed: int, global_batch: int, start_step: int = 0, total_steps: int | None = None,
-                               rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                               pin_memory: bool = False, persistent_workers: bool = False,
-                               prefetch_factor: int | None = 2, labels: Sequence[int] | None = None) -> DataLoader:
-    """:func:`.gpu_pipeline.build_jpeg_pretrain_loader` with :class:`DaliViewDataset` workers (same batches,
-    same order, same parameters; every file as bytes)."""
-    sampler = StepBatchSampler(len(files), global_batch, seed, start_step, total_steps, rank, world_size)
-    ds = DaliViewDataset(files, labels, aug_cfg, num_views, seed)
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
-    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_jpeg,
-                      pin_memory=pin_memory, **extra)
+                               seed: int, global_batch: int, **kw: Any) -> DataLoader:
+    """:func:`.gpu_pipeline.build_jpeg_pretrain_loader` (same keyword arguments) with :class:`DaliViewDataset`
+    workers: same batches, same order, same parameters; every file as bytes."""
+    return build_jpeg_pretrain_loader(files, aug_cfg, num_views, seed, global_batch, dataset_cls=DaliViewDataset,
+                                      **kw)
 
 
 def view_inputs(photo: torch.Tensor, cfg: ViewAugConfig) -> dict[str, np.ndarray]:

@@ -302,14 +302,16 @@ def build_jpeg_pretrain_loader(files: Sequence[str | os.PathLike], aug_cfg: View
                                seed: int, global_batch: int, start_step: int = 0, total_steps: int | None = None,
                                rank: int = 0, world_size: int = 1, num_workers: int = 0,
                                pin_memory: bool = False, persistent_workers: bool = False,
-                               prefetch_factor: int | None = 2, labels: Sequence[int] | None = None) -> DataLoader:
+                               prefetch_factor: int | None = 2, labels: Sequence[int] | None = None,
+                               dataset_cls: type[JpegViewDataset] | None = None) -> DataLoader:
     """DataLoader of :func:`collate_jpeg` batches, one per optimizer step (same order as the reference loader).
 
     Takes ``files`` (e.g. :func:`imagefolder_files`) instead of a decoded data set; everything else
     is :func:`.loader.build_pretrain_loader`'s signature, so the engine can switch with two lines.
+    ``dataset_cls``: the worker-side data set (default :class:`JpegViewDataset`; the DALI path passes its own).
     """
     sampler = StepBatchSampler(len(files), global_batch, seed, start_step, total_steps, rank, world_size)
-    ds = JpegViewDataset(files, labels, aug_cfg, num_views, seed)
+    ds = (dataset_cls or JpegViewDataset)(files, labels, aug_cfg, num_views, seed)
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}

@@ -9,6 +9,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from helpers import JPEG_SIZES, gradient_image, write_jpeg_tree
 from scipy import stats
 from torchvision.io import encode_jpeg, encode_png
 
@@ -48,28 +49,13 @@ from canbench.rng import torch_generator
 # torchvision.io's decoders are deprecated in favour of TorchCodec (0.29); they are what both paths use
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
-SIZES = [(40, 56), (47, 51), (54, 46), (61, 41), (40, 65), (33, 70)]  # (H, W), varied aspect
-
-
-def _image(h: int, w: int, seed: int) -> torch.Tensor:
-    """A smooth colour gradient with mild noise: uint8 (3, H, W), JPEG-friendly."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    img = torch.stack([yy, xx, 0.5 + 0.5 * torch.sin(6 * yy * xx)]) * 255 + torch.randn(3, h, w, generator=g) * 8
-    return img.clamp(0, 255).to(torch.uint8)
+SIZES = JPEG_SIZES
+_image = gradient_image
 
 
 @pytest.fixture(scope="module")
 def jpeg_root(tmp_path_factory) -> Path:
-    """root/train/<class>/<i>.jpg: 2 classes x 6 JPEGs of different sizes, plus one PNG (CPU-decode fallback)."""
-    root = tmp_path_factory.mktemp("jpegs")
-    for c in range(2):
-        d = root / "train" / f"class{c}"
-        d.mkdir(parents=True)
-        for i, (h, w) in enumerate(SIZES):
-            (d / f"{i}.jpg").write_bytes(encode_jpeg(_image(h, w, 10 * c + i), quality=90).numpy().tobytes())
-    (root / "train" / "class1" / "z.png").write_bytes(encode_png(_image(44, 52, 99)).numpy().tobytes())
-    return root
+    return write_jpeg_tree(tmp_path_factory.mktemp("jpegs"))
 
 
 # ---- header parsing ---------------------------------------------------------------------------------
