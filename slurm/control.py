@@ -85,6 +85,21 @@ def _mark_interrupted(d: Path, why: str) -> None:
                          reason=f"{why}; `grid submit` resumes it from its last checkpoint")
 
 
+def _mark_evaluation_lost(d: Path) -> bool:
+    """A grid run trained (``done`` at phase ``trained``) whose job ended before its evaluation: ``interrupted``,
+    so the next ``grid submit`` evaluates it (training is not repeated: its checkpoint is final). False when
+    the status moved on meanwhile."""
+    run = RunDir(d)
+    with run.status_lock():
+        st = run.read_status()
+        if st.get("state") != "done" or st.get("phase") != "trained" or run.owner() is not None:
+            return False
+        run.write_status("interrupted", was="done", phase="eval",
+                         reason="its training finished but its job ended before the evaluation; `grid submit` "
+                                "runs the evaluation")
+        return True
+
+
 def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
     """Bring each run's status in line with its job and classify it.
 
@@ -112,6 +127,16 @@ def reconcile(run_dirs: list[Path]) -> dict[Path, str]:
     out: dict[Path, str] = {}
     for d, st in statuses.items():
         state = st.get("state", "pending")
+        if state == "done" and st.get("phase") == "trained" and st.get("job_id"):
+            # its trainer finished, but the grid job never got to "finished" (killed between training and the
+            # evaluation): the suites still have to run, unless a live process is at it
+            if RunDir(d).owner() is not None:
+                out[d] = ACTIVE
+                continue
+            if _mark_evaluation_lost(d):
+                out[d] = RESUMABLE
+                continue
+            state = RunDir(d).state
         if state in ("done", "failed", "cancelled"):
             out[d] = state
             continue

@@ -159,6 +159,38 @@ def test_suites_run_after_pretraining_and_their_failure_is_reported(tmp_path, mo
     assert (bad / "checkpoints" / "last.pt").is_file()  # the pretraining result is kept
 
 
+def test_a_job_killed_between_training_and_evaluation_is_evaluated_on_resubmit(tmp_path, monkeypatch):
+    """The trainer marks ``done`` at phase ``trained``; a job killed before its evaluation leaves that behind. The
+    run is not finished: status shows it interrupted and the next submit evaluates it without retraining."""
+    needs_engine()
+    calls = []
+
+    def run_suites(run_dir, suites):
+        calls.append(list(suites))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the job is killed as its evaluation starts
+        return {s: {"metrics": {"top1": 12.5}, "path": Path(run_dir) / "eval" / f"{s}.json", "skipped": False}
+                for s in suites}
+
+    from canbench.evaluation import runner
+
+    monkeypatch.setattr(runner, "run_suites", run_suites)
+    spec = tiny_spec("evalgap", methods=("mae",), suites=["knn"])
+    with pytest.raises(KeyboardInterrupt):
+        control.submit_grid(spec, executor="debug", root=tmp_path)
+    (d,) = list_runs(tmp_path)
+    # what a SIGKILL in the gap leaves: the trainer's "done" (the job had not yet written "running / eval")
+    RunDir(d).update_status("done", phase="trained")
+    steps = [r["step"] for r in read_jsonl(d / "metrics.jsonl")]
+    assert control.reconcile([d])[d] == "resumable"
+    assert RunDir(d).read_status()["state"] == "interrupted"
+    rep = control.submit_grid(spec, executor="debug", root=tmp_path)
+    assert rep.submitted == [d] and calls == [["knn"], ["knn"]]
+    st = RunDir(d).read_status()
+    assert st["state"] == "done" and st["phase"] == "finished" and st["suites"]["knn"]["metrics"] == {"top1": 12.5}
+    assert [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == steps  # not trained again
+
+
 def test_interrupted_run_resumes_from_its_checkpoint_on_resubmit(tmp_path, monkeypatch):
     """A run whose job died after its step-2 checkpoint is resubmitted and continues at step 2."""
     from canbench.train import checkpoint

@@ -190,7 +190,7 @@ class Trainer:
             summary["checkpoint_sha256"] = file_sha256(self.run.last_checkpoint)  # results name the checkpoint
             self.run.write_summary(summary)
             self._export_encoder()
-            self.run.write_status("done", step=self.step)
+            self.run.write_status("done", step=self.step, phase="trained")  # a grid job then evaluates: "finished"
         return summary
 
     def _loop(self, rng: dict[str, Any] | None) -> None:
