@@ -72,6 +72,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces: equal objects give equal text (what ids and keys are hashed from)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -253,26 +258,37 @@ def safe_pickle_load(path: str | os.PathLike, encoding: str = "ASCII") -> Any:
                           f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
+def _acquire(fd: int, wait_s: float | None) -> bool:
+    """An exclusive ``flock`` on the open ``fd``: blocks when ``wait_s`` is None, else polls for up to ``wait_s``
+    seconds; False when another open file still holds it then."""
+    if wait_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _open_lock_file(path: str | os.PathLike) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+
+
 @contextmanager
 def file_lock(path: str | os.PathLike, timeout_s: float | None = None) -> Iterator[None]:
     """An exclusive ``fcntl`` lock on ``path`` (created if missing) for the ``with`` block; TimeoutError after
     ``timeout_s`` seconds of waiting (None: wait forever). Closing the descriptor releases the lock."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+    fd = _open_lock_file(path)
     try:
-        if timeout_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"could not lock {path} within {timeout_s:.0f} s") from None
-                    time.sleep(0.05)
+        if not _acquire(fd, timeout_s):
+            raise TimeoutError(f"could not lock {path} within {timeout_s:.0f} s")
         yield
     finally:
         os.close(fd)
@@ -376,19 +392,11 @@ def try_lock(path: str | os.PathLike, wait_s: float = 0.0) -> int | None:
     """An exclusive ``flock`` on ``path`` (created if missing) held until the returned descriptor is closed, or
     None when another open file holds it after ``wait_s`` seconds. Unlike :func:`file_lock` the caller keeps
     it as long as it lives (a process that dies releases it: the kernel closes its files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+    fd = _open_lock_file(path)
+    if _acquire(fd, wait_s):
+        return fd
+    os.close(fd)
+    return None
 
 
 def is_locked(path: str | os.PathLike) -> bool:

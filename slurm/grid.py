@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
@@ -26,6 +25,7 @@ from typing import Any
 from canbench.config import SECTIONS, Config, ConfigError, overrides_to_dict, yaml_numbers
 from canbench.evaluation.recipes import DEFAULT_CROP_PCT, build_settings, trained_protocol, validate_settings
 from canbench.evaluation.splits import check_root_is_read, check_setting_roots
+from canbench.io import canonical_json
 from canbench.methods import METHODS
 from canbench.train.recipe import PRESET_DIR, build_config
 
@@ -100,10 +100,6 @@ def check_axis_key(key: str) -> None:
         raise ConfigError(f"unknown axis key {key!r}{closest(key, all_keys)}")
     if name not in keys[section]:
         raise ConfigError(f"unknown config key {key!r}{closest(name, keys[section])}")
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def run_id_of(cfg_dict: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from canbench.config import ConfigError
-from canbench.io import file_lock, read_json, try_lock, write_json
+from canbench.io import canonical_json, file_lock, read_json, try_lock, write_json
 from canbench.rundir import STATES, RunDir, check_path_part
 
 LOCK_NAME = ".grid.lock"
@@ -76,8 +76,7 @@ def training_key(cfg_dict: dict[str, Any]) -> str:
     """What a run's training depends on: sha256 of the canonical JSON of the resolved config without its run
     record (``extra``), so the same model reached by two grids (or two names) has one key."""
     body = {k: v for k, v in cfg_dict.items() if k != "extra"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
 
 def _index(store: str | Path, key: str, suffix: str) -> Path:

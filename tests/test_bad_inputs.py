@@ -120,6 +120,11 @@ def _resume(ctx: Ctx) -> list[str]:
     return ["pretrain", "simclr", "--preset", "smoke", "--out", str(ctx.run), "--resume", *sets(*TINY)]
 
 
+def _submit_spec(c) -> list[str]:
+    """``grid submit g.yaml`` (the case's spec) in-process, into ``store``."""
+    return ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug", "--root", str(c.tmp / "store")]
+
+
 def _pretrain(ctx: Ctx, *extra: str, preset: str = "smoke", method: str = "simclr") -> list[str]:
     return ["pretrain", method, "--preset", preset, "--out", str(ctx.tmp / "new"), *sets(*TINY, *extra)]
 
@@ -146,8 +151,7 @@ CASES = [
     Case("preset-section-list", lambda c: _pretrain(c, preset=str(c.tmp / "p.yaml")),
          lambda c: [str(c.tmp / "p.yaml"), "optim", "expected a mapping"],
          setup=lambda c: c.write("p.yaml", "scale: smoke\nconfig:\n  optim: [1, 2]\n"), watch=lambda c: c.tmp / "new"),
-    Case("grid-spec-syntax", lambda c: ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug",
-                                        "--root", str(c.tmp / "store")],
+    Case("grid-spec-syntax", _submit_spec,
          lambda c: [f"{c.tmp / 'g.yaml'}:7:", "invalid YAML"],
          setup=lambda c: c.write("g.yaml", SPEC_OK.replace("preset: smoke", "preset: [smoke}")),
          watch=lambda c: c.tmp / "store"),
@@ -214,21 +218,17 @@ CASES = [
     Case("resume-base-lr-inf", lambda c: [*_resume(c), "--set", "optim.base_lr=.inf"],
          lambda c: ["optim.base_lr", "finite"]),
     # --- grid specs: the whole spec, eval settings included, before anything is submitted ---------------
-    Case("grid-eval-typo", lambda c: ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug",
-                                      "--root", str(c.tmp / "store")],
+    Case("grid-eval-typo", _submit_spec,
          lambda c: ["knn.kk", "'k'"], setup=lambda c: c.write("g.yaml", SPEC_OK + "    eval: {knn.kk: 3}\n"),
          watch=lambda c: c.tmp / "store"),
-    Case("grid-eval-typo-other-scale", lambda c: ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug",
-                                                  "--root", str(c.tmp / "store")],
+    Case("grid-eval-typo-other-scale", _submit_spec,
          lambda c: ["scales.paper.eval", "linear.epoch"],
          setup=lambda c: c.write("g.yaml", SPEC_OK + "  paper:\n    preset: smoke\n    eval: {linear.epoch: 3}\n"),
          watch=lambda c: c.tmp / "store"),
-    Case("grid-eval-out-of-range", lambda c: ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug",
-                                              "--root", str(c.tmp / "store")],
+    Case("grid-eval-out-of-range", _submit_spec,
          lambda c: ["linear.epochs"], setup=lambda c: c.write("g.yaml", SPEC_OK + "    eval: {linear.epochs: -1}\n"),
          watch=lambda c: c.tmp / "store"),
-    Case("grid-eval-inf", lambda c: ["grid", "submit", str(c.tmp / "g.yaml"), "--executor", "debug",
-                                     "--root", str(c.tmp / "store")],
+    Case("grid-eval-inf", _submit_spec,
          lambda c: ["linear.epochs", "finite"],
          setup=lambda c: c.write("g.yaml", SPEC_OK + "    eval: {linear.epochs: .inf}\n"),
          watch=lambda c: c.tmp / "store"),

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import submitit
+from test_grid_runstore import FakeBackend
 
 from canbench.rundir import RunBusyError, RunDir
 from canbench.slurm import control
-from canbench.slurm.executors import BACKENDS, Backend, JobState, Submitted
+from canbench.slurm.executors import BACKENDS, JobState
 from canbench.slurm.grid import parse_spec
 from canbench.slurm.runstore import list_runs
 from canbench.train import checkpoint
@@ -119,21 +120,13 @@ def test_two_concurrent_pretrains_into_one_folder_one_is_refused_the_other_logs_
 
 
 # ---- grids --------------------------------------------------------------------------------------------------
-class LedgerBackend(Backend):
+class LedgerBackend(FakeBackend):
     """Jobs are lines in ``<root>/jobs.jsonl``; a job is alive until its id is listed in ``<root>/ended.json``."""
 
     name = "ledger"
-    delay_s = 0.0
 
-    def submit(self, run_dirs, res, folder, job_name):
-        time.sleep(self.delay_s)  # widen the race window between two submitters
-        out = []
-        with open(folder.parent.parent / "jobs.jsonl", "a") as f:
-            for d in run_dirs:
-                jid = f"{Path(d).name}@{time.time_ns()}"
-                f.write(json.dumps({"job_id": jid, "run": str(d)}) + "\n")
-                out.append(Submitted(jid, "", ""))
-        return out
+    def _ledger(self, folder):
+        return folder.parent.parent / "jobs.jsonl"
 
     def states(self, status):
         out = []

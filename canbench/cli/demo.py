@@ -156,25 +156,22 @@ def random_init_reference(root: Path, overrides: list[str] | None = None) -> Pat
     CPU-seconds); reused once done. Runs in this process while the grids' jobs train, on one thread.
     ``overrides``: ``--set``-style keys on the smoke preset (tests make it tiny).
     """
-    import torch
-
     from canbench.benchmarks.perf.bench_eval_builtin import random_run
     from canbench.evaluation.runner import run_suites
+    from canbench.train.trainer import use_threads
 
     run = random_run(Path(root), "smoke", list(overrides or []), name="random-init",
                      record={"benchmark": "smoke", "scale": "smoke", "grid": "smoke", "run_name": "random-init-s0",
                              "suites": RANDOM_INIT_SUITES})
     log.info("random-init reference: %s of the untrained smoke model in %s (while the grids train)",
              " and ".join(RANDOM_INIT_SUITES), run)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the grids' jobs hold the cores
     quiet = logging.getLogger("canbench.evaluation")  # its per-epoch lines would bury the demo's progress
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        records = run_suites(run, RANDOM_INIT_SUITES)
+        with use_threads(1):  # the grids' jobs hold the cores
+            records = run_suites(run, RANDOM_INIT_SUITES)
     finally:
-        torch.set_num_threads(threads)
         quiet.setLevel(level)
     log.info("random-init reference: %s", ", ".join(
         f"{s} {m}={v:.1f}" for s, r in records.items() for m, v in (r.get("metrics") or {}).items()
