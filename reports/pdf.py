@@ -68,6 +68,7 @@ from canbench.reports.check import (  # noqa: E402
 from canbench.reports.claims import NOT_RUN, VERDICT_ORDER, Claim, evaluate_claims, n_text  # noqa: E402
 from canbench.reports.collect import RANDOM_INIT, collect, collect_pretrain, loss_curves  # noqa: E402
 from canbench.reports.layout import Flow  # noqa: E402
+from canbench.reports.noise import Noise, floor_for, pooled, tolerance  # noqa: E402
 from canbench.reports.reference import grid_of  # noqa: E402
 from canbench.reports.tables import (  # noqa: E402
     ARCH_LABELS,
@@ -254,6 +255,20 @@ def _summary(flow: Flow, title: str, root: Path, benchmark: str | None, runs: pd
                    colors={0: _verdict_color}, max_share=0.7, keep_whole=False)
 
 
+def _random_init_noise(d: pd.DataFrame) -> tuple[Noise, dict[str, float]]:
+    """The noise of a method-vs-random-init linear-probe difference: the methods' pooled seed std (runs of two or
+    more seeds), else the linear probe's documented floor; and each method's tolerance for its seed count."""
+    per = d[d["method"] != RANDOM_INIT].groupby("method")["value"].agg(["std", "count"])
+    sd_df = pooled(list(per["std"]), list(per["count"]))
+    if sd_df is not None:
+        noise = Noise(sd_df[0], sd_df[1], "pooled seed std of the methods' runs")
+    else:
+        floor = floor_for("linear", "top1")
+        noise = Noise(floor.sd, math.inf, floor.source)
+    n_init = int((d["method"] == RANDOM_INIT).sum())
+    return noise, {m: tolerance(noise, int(n), max(n_init, 1), 0.05) for m, n in per["count"].items()}
+
+
 def _reference_lines(results: pd.DataFrame) -> list[str]:
     """Per non-paper benchmark: each method's linear probe against random init and chance."""
     out = []
@@ -269,9 +284,16 @@ def _reference_lines(results: pd.DataFrame) -> list[str]:
         refs = figures.reference_values(d, "linear")
         line = f"{bench}: linear probe top-1 " + ", ".join(parts) + "; " + "; ".join(lbl for lbl, _ in refs)
         if RANDOM_INIT in means:
-            below = [method_label(m) for m in means.index if m != RANDOM_INIT and means[m] <= means[RANDOM_INIT]]
+            noise, tol = _random_init_noise(d)
+            below = [method_label(m) for m in means.index if m != RANDOM_INIT
+                     and means[m] - means[RANDOM_INIT] < -tol[m]]
+            within = [method_label(m) for m in means.index if m != RANDOM_INIT
+                      and abs(means[m] - means[RANDOM_INIT]) <= tol[m]]
             line += (f". Below the untrained encoder: {', '.join(below)} — at this scale their pretraining has not "
-                     "yet helped the linear probe." if below else ". Every method beats the untrained encoder.")
+                     "yet helped the linear probe" if below else ". No method is below the untrained encoder")
+            line += (f"; within the noise of it: {', '.join(within)}" if within else "")
+            line += (f" (a difference counts beyond ± t·sd·sqrt(1/n_method + 1/n_init) at alpha 0.05, "
+                     f"{noise.describe()}).")
         else:
             line += (". No untrained (random-init) encoder in these results: a run folder with extra.random_init: "
                      "true adds the reference.")

@@ -188,3 +188,26 @@ def test_failed_build_leaves_no_file(store, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="figure failed"):
         pdf.build_report(store, tmp_path / "x.pdf", benchmark="table5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_random_init_comparison_states_its_noise_and_keeps_small_differences_inside_it():
+    """The summary's "below the untrained encoder" is a verdict: it uses the methods' pooled seed std (a naive
+    t-interval computed here) and says so; a difference inside that interval is reported as within the noise."""
+    import math
+
+    import pandas as pd
+    from scipy import stats
+
+    from canbench.reports import pdf
+
+    rows = [("can", 40.0), ("can", 41.0), ("mae", 35.5), ("mae", 35.5), ("simclr", 30.0), ("simclr", 31.0),
+            (pdf.RANDOM_INIT, 35.0)]
+    d = pd.DataFrame([{"benchmark": "smoke", "suite": "linear", "metric": "top1", "method": m, "value": v, "run_dir": f"r{i}",
+                       "dataset": "builtin", "shots": None, "pretrain_data": "builtin"} for i, (m, v) in enumerate(rows)])
+    sd = math.sqrt((0.5 + 0.0 + 0.5) / 3)  # pooled over three methods of two seeds each, df 3
+    tol = stats.t.ppf(0.975, 3) * sd * math.sqrt(1 / 2 + 1 / 1)
+    noise, tols = pdf._random_init_noise(d)
+    assert noise.sd == pytest.approx(sd) and noise.df == 3 and tols["mae"] == pytest.approx(tol)
+    (line,) = pdf._reference_lines(d)
+    assert "Below the untrained encoder: SimCLR" in line and "within the noise of it: MAE" in line
+    assert "pooled seed std" in line and "CAN" not in line.split("Below")[1]
