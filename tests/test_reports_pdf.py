@@ -202,8 +202,9 @@ def test_random_init_comparison_states_its_noise_and_keeps_small_differences_ins
 
     rows = [("can", 40.0), ("can", 41.0), ("mae", 35.5), ("mae", 35.5), ("simclr", 30.0), ("simclr", 31.0),
             (pdf.RANDOM_INIT, 35.0)]
-    d = pd.DataFrame([{"benchmark": "smoke", "suite": "linear", "metric": "top1", "method": m, "value": v, "run_dir": f"r{i}",
-                       "dataset": "builtin", "shots": None, "pretrain_data": "builtin"} for i, (m, v) in enumerate(rows)])
+    d = pd.DataFrame([{"benchmark": "smoke", "suite": "linear", "metric": "top1", "method": m, "value": v,
+                       "run_dir": f"r{i}", "dataset": "builtin", "shots": None, "pretrain_data": "builtin"}
+                      for i, (m, v) in enumerate(rows)])
     sd = math.sqrt((0.5 + 0.0 + 0.5) / 3)  # pooled over three methods of two seeds each, df 3
     tol = stats.t.ppf(0.975, 3) * sd * math.sqrt(1 / 2 + 1 / 1)
     noise, tols = pdf._random_init_noise(d)
