@@ -29,12 +29,18 @@ HOLDS, FAILS = "holds", "does not hold"
 
 @dataclass(frozen=True)
 class Floor:
-    """A noise floor (standard deviation of one run), the largest tolerance worth calling a pass, and the source."""
+    """A noise floor (standard deviation of one run), the largest tolerance worth calling a pass, and the source.
+
+    ``df``: the degrees of freedom of the figure (infinity for a published figure taken as known; a floor measured
+    here from k runs of r seeds each has ``k * (r - 1)``); ``scale``: the scale profile it was measured at. A floor
+    decides only at its own scale: a paper-scale figure is never borrowed for a smoke-scale verdict."""
 
     sd: float
     cap: float
     source: str
     relative: bool = False  # sd and cap are fractions of the value (losses)
+    df: float = math.inf
+    scale: str = "paper"
 
 
 _LINEAR = Floor(0.4, 2.0, "retraining one recipe moves a linear probe by ~0.36-0.4 top-1 points "
@@ -54,12 +60,25 @@ HARD_SHIFT_SETS = ("imagenet_a", "imagenet_r", "objectnet", "imagenet_sketch")
 
 
 def floor_for(protocol: str, metric: str, dataset: str = "") -> Floor:
-    """The floor of a family; unknown protocols get the linear probe's."""
+    """The paper-scale (published) floor of a family; unknown protocols get the linear probe's."""
     if protocol == "shift" and dataset in HARD_SHIFT_SETS:
         return _SHIFT_HARD
     if "loss" in metric and protocol != "train_loss":
         return _LOSS
     return FLOORS.get(protocol, _LINEAR)
+
+
+# Floors measured at a scale smaller than the paper's: (scale, protocol, metric) -> Floor with the df of the
+# measurement and how it was made (docs/reports.md). Filled from measurements, never from a paper-scale figure.
+MEASURED_FLOORS: dict[tuple[str, str, str], Floor] = {}
+
+
+def scale_floor(protocol: str, metric: str, dataset: str = "", scale: str = "paper") -> Floor | None:
+    """The floor measured at ``scale`` (the published figures at paper scale); None when nothing was measured at
+    that scale: a figure from another scale never decides a verdict."""
+    if scale == "paper":
+        return floor_for(protocol, metric, dataset)
+    return MEASURED_FLOORS.get((scale, protocol, metric))
 
 
 @dataclass(frozen=True)
@@ -117,5 +136,5 @@ def claim_verdict(diff: float, tol: float) -> str:
     return INCONCLUSIVE
 
 
-__all__ = ["FAILS", "FLOORS", "Floor", "HOLDS", "IMPROVEMENT", "INCONCLUSIVE", "Noise", "PASS", "REGRESSION",
-           "claim_verdict", "floor_for", "pooled", "quantile", "tolerance", "verdict"]
+__all__ = ["FAILS", "FLOORS", "Floor", "HOLDS", "IMPROVEMENT", "INCONCLUSIVE", "MEASURED_FLOORS", "Noise", "PASS",
+           "REGRESSION", "claim_verdict", "floor_for", "pooled", "quantile", "scale_floor", "tolerance", "verdict"]
